@@ -1,0 +1,5 @@
+import sys
+
+from fastep.cli import main
+
+sys.exit(main())

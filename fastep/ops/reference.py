@@ -1,0 +1,1 @@
+"""Plain-PyTorch reference implementations of every fastep op (the definitions)."""

@@ -1,0 +1,1 @@
+"""Triton kernels of fastep (installed as fastep.kernels). Only @triton.jit kernels and their launchers live here."""

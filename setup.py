@@ -1,0 +1,129 @@
+"""Build script for fastep.
+
+fastep ships one compiled extension, ``fastep._C``:
+
+* the C++ CPU kernels in ``csrc/*.cpp`` are always built;
+* the CUDA kernels in ``csrc/*.cu`` are built when a CUDA toolkit is found (``CUDA_HOME`` or
+  ``nvcc`` on PATH) and torch is a CUDA build, or when ``FORCE_CUDA=1``.
+
+Installing must never fail on a CPU-only machine, so an automatic (not forced) CUDA build that
+fails falls back to a CPU-only build, and ``FASTEP_NO_EXT=1`` skips the extension entirely;
+``fastep info`` always tells what was built.  ``FORCE_CUDA=1`` turns every CUDA build failure
+into an install failure, which is what CI uses to prove the CUDA sources compile.
+
+The Triton kernels live in the top-level ``kernels/`` folder and install as ``fastep.kernels``.
+"""
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _extensions():
+    if _env_flag("FASTEP_NO_EXT"):
+        print("fastep: FASTEP_NO_EXT=1, not building fastep._C", file=sys.stderr)
+        return [], {}
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:  # pragma: no cover - torch is a hard requirement at build time
+        print("fastep: torch is not importable at build time; install torch first and build "
+              "with `pip install --no-build-isolation .`. Skipping fastep._C.", file=sys.stderr)
+        return [], {}
+
+    cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    cu_sources = sorted(glob.glob(os.path.join("csrc", "*.cu")))
+    force_cuda = _env_flag("FORCE_CUDA")
+    cuda_home = cpp_extension.CUDA_HOME
+    with_cuda = force_cuda or (cuda_home is not None and torch.version.cuda is not None)
+
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    # No -std flag: torch picks the standard its headers need (C++17 up to 2.9, C++20 after).
+    cxx_flags = ["-O3"] + openmp
+    define_macros = []
+    kwargs = dict(extra_link_args=openmp)
+    if with_cuda and cu_sources:
+        # The .cu files include no torch headers (plain CUDA + a C ABI), so they compile in
+        # seconds; default to Hopper unless the user chose their own architectures.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+        define_macros.append(("FASTEP_WITH_CUDA", None))
+        ext = cpp_extension.CUDAExtension(
+            "fastep._C",
+            cpp_sources + cu_sources,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math",
+                                                           "-lineinfo"]},
+            **kwargs,
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            "fastep._C", cpp_sources, define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags}, **kwargs,
+        )
+    ext._fastep_cuda = bool(with_cuda and cu_sources)  # read by the fault-tolerant build_ext
+
+    base = cpp_extension.BuildExtension.with_options(use_ninja=True)
+
+    class TolerantBuildExtension(base):
+        """Build fastep._C; an automatic CUDA build that fails falls back to the CPU kernels."""
+
+        def build_extension(self, extension):
+            try:
+                super().build_extension(extension)
+                return
+            except Exception as err:  # noqa: BLE001 - we re-raise unless the fallback applies
+                if force_cuda or not getattr(extension, "_fastep_cuda", False):
+                    raise
+                print(f"fastep: CUDA build of fastep._C failed ({err}); building the CPU "
+                      "kernels only. Set FORCE_CUDA=1 to make this an error.", file=sys.stderr)
+            cpu = cpp_extension.CppExtension(
+                "fastep._C", cpp_sources, extra_compile_args={"cxx": cxx_flags}, **kwargs)
+            super().build_extension(cpu)
+
+    return [ext], {"build_ext": TolerantBuildExtension}
+
+
+def _version():
+    with open(os.path.join(ROOT, "fastep", "version.py")) as f:
+        scope = {}
+        exec(f.read(), scope)
+        return scope["__version__"]
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="fastep",
+    version=_version(),
+    description="Fast StEP: style-based encoder pre-training for multi-modal image-to-image "
+                "translation, with fused Gram / triplet-mining / perceptual-loss kernels",
+    long_description=open(os.path.join(ROOT, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["fastep", "fastep.*"]) + ["fastep.kernels"],
+    package_dir={"fastep.kernels": "kernels"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "numpy",
+        "pillow",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-benchmark>=4", "lpips>=0.1.4", "scikit-image",
+                 "matplotlib", "tensorboard"],
+        "bench": ["pytest-benchmark>=4", "matplotlib"],
+        "eval": ["matplotlib", "scikit-learn"],
+    },
+    entry_points={"console_scripts": ["fastep=fastep.cli:main"]},
+    zip_safe=False,
+)

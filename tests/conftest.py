@@ -1,0 +1,50 @@
+"""Shared test configuration.
+
+Two runs make up the suite (see README / .ci/run):
+
+* the normal run (``pytest``): op plumbing, reference paths, C++ kernels, opcheck, compile;
+  ``@pytest.mark.triton`` tests run here only when a CUDA device is present;
+* the interpreter run (``TRITON_INTERPRET=1 pytest -m triton``): the Triton launchers called
+  directly on CPU tensors.  torch.library/opcheck/compile tests don't belong in it, because
+  fake-tensor tracing would launch the interpreter on meta tensors.
+"""
+import os
+import random
+import zlib
+
+import pytest
+import torch
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_triton = pytest.mark.skip(reason="Triton tests need CUDA or TRITON_INTERPRET=1 (interpreter run)")
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "triton" in item.keywords and not (INTERPRET or HAS_CUDA):
+            item.add_marker(skip_triton)
+        if "cuda" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture
+def triton_device():
+    """Where Triton kernels run in this session: CUDA if present, else CPU (interpreter)."""
+    return torch.device("cuda" if HAS_CUDA else "cpu")
+
+
+# Fresh random inputs on every run, reproducible on demand: FASTEP_TEST_SEED=<n> replays a run.
+SESSION_SEED = int(os.environ.get("FASTEP_TEST_SEED", random.SystemRandom().randrange(2**31)))
+
+
+def pytest_report_header(config):
+    return f"fastep test seed: FASTEP_TEST_SEED={SESSION_SEED} (set it to replay this run)"
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything(request):
+    seed = (zlib.crc32(request.node.nodeid.encode()) ^ SESSION_SEED) % (2**31)
+    torch.manual_seed(seed)
+    yield
