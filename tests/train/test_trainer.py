@@ -1,0 +1,122 @@
+"""Trainer loop: bit-identical resume, NaN stop, LR schedule, outputs (toy step + the real one)."""
+import json
+
+import pytest
+import torch
+
+from _toy import ToyPairs, ToyStep, weights_of
+from fastep.train.checkpoint import CheckpointManager, load_checkpoint
+from fastep.train.trainer import NonFiniteLossError, ResumableDistributedSampler, Trainer, lr_scale_at
+
+
+def _trainer(step, out, **kw):
+    args = dict(stage="2", batch_size=4, kimg=0.056, out_dir=out, seed=3, log_every=3,
+                ckpt_every_kimg=0.016, progress=False, tensorboard=False, lr_decay_start=0.25)
+    args.update(kw)
+    return Trainer(step, ToyPairs(n=22), **args)
+
+
+class Interrupt(BaseException):
+    pass
+
+
+def test_lr_scale_schedule():
+    assert lr_scale_at(0, 10) == 1.0 and lr_scale_at(5, 10) == 1.0
+    assert lr_scale_at(7.5, 10) == pytest.approx(0.5) and lr_scale_at(10, 10) == 0.0
+    assert lr_scale_at(3, 10, decay_start=1.0) == 1.0
+
+
+def test_sampler_start_skips_within_epoch():
+    ds = list(range(10))
+    s = ResumableDistributedSampler(ds, num_replicas=2, rank=1, seed=5)
+    s.set_epoch(3)
+    full = list(s)
+    s.set_start(2)
+    assert list(s) == full[2:] and len(s) == len(full) - 2
+
+
+def test_resume_is_bit_identical_to_uninterrupted(tmp_path):
+    # Uninterrupted: 14 steps of batch 4 over 22 images (5 batches / epoch), checkpoints every 4.
+    torch.manual_seed(0)
+    ref = ToyStep()
+    m_ref = _trainer(ref, tmp_path / "ref").fit()
+    assert m_ref["steps"] == 14 and ref.calls == 14
+
+    # Interrupted after step 10 (last checkpoint at step 8, mid-epoch 2), then resumed.
+    torch.manual_seed(0)
+    a = ToyStep()
+
+    def stop(tr):
+        if tr.step_idx == 10:
+            raise Interrupt()
+
+    with pytest.raises(Interrupt):
+        _trainer(a, tmp_path / "run").fit(_after_step=stop)
+    mgr = CheckpointManager(tmp_path / "run" / "checkpoints", prefix="stage2")
+    assert [s for s, _ in mgr.list()] == [4, 8]
+
+    torch.manual_seed(1234)  # a different init and RNG stream: everything must come from the checkpoint
+    b = ToyStep()
+    tr = _trainer(b, tmp_path / "run")
+    m = tr.fit(resume=True)
+    assert m["steps"] == 14 and b.calls == 14
+    w_ref, w_b = weights_of(ref), weights_of(b)
+    assert w_ref.keys() == w_b.keys()
+    for k in w_ref:
+        assert torch.equal(w_ref[k], w_b[k]), k
+    assert b.lr_scale == ref.lr_scale
+    assert torch.equal(torch.get_rng_state(), load_checkpoint(mgr.latest_path())["rng"]["torch"])
+    final = load_checkpoint(mgr.latest_path())
+    assert final["complete"] and final["step"] == 14
+    for k in ("G", "E", "D", "G_ema", "E_ema"):
+        for n, t in final[k].items():
+            assert torch.equal(t, w_ref[f"{k}.{n}"])
+
+
+def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+    step = ToyStep(nan_at=7)
+    tr = _trainer(step, tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"G = nan at step 7") as info:
+        tr.fit()
+    err = info.value
+    assert err.loss == "G" and err.step == 7
+    assert "stage2-00000004.pt" in str(err)
+    mgr = CheckpointManager(tmp_path / "checkpoints", prefix="stage2")
+    assert [s for s, _ in mgr.list()] == [4]
+    ckpt = load_checkpoint(mgr.latest_path())
+    for t in ckpt["G"].values():
+        assert torch.isfinite(t).all()
+    # a NaN right before a checkpoint boundary is caught before writing it
+    step = ToyStep(nan_at=8)
+    with pytest.raises(NonFiniteLossError, match="step 8"):
+        _trainer(step, tmp_path / "b", log_every=100).fit()
+    assert [s for s, _ in CheckpointManager(tmp_path / "b" / "checkpoints", prefix="stage2").list()] == [4]
+
+
+def test_outputs_metrics_grids_and_tensorboard_note(tmp_path):
+    notes = []
+    tr = _trainer(ToyStep(), tmp_path, image_every_kimg=0.024, z_dim=4, n_grid=3, log=notes.append, kimg=0.024)
+    m = tr.fit()
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    assert data["steps"] == 6 and set(data["final_losses"]) == {"D", "G"}
+    assert data["kimg"] == pytest.approx(0.024) and m["checkpoint"].endswith("stage2-00000006.pt")
+    pngs = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
+    assert pngs == ["stage2_00000000.png", "stage2_00000006.png"]
+    from PIL import Image
+
+    im = Image.open(tmp_path / "samples" / pngs[-1])
+    assert im.size[1] == 5 * 8 + 6 * 2  # rows A, B, recon, transfer, random z
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+        has_tb = True
+    except Exception:  # noqa: BLE001
+        has_tb = False
+    if has_tb:
+        assert (tmp_path / "tb").is_dir()
+    else:
+        assert any("pip install tensorboard" in n for n in notes)
+
+
+def test_too_small_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        Trainer(ToyStep(), ToyPairs(n=3), stage="2", batch_size=4, kimg=1, out_dir=tmp_path, progress=False)
