@@ -1,0 +1,398 @@
+"""Triton kernels for Gram matrices, fused Gram differences and pairwise style distances.
+
+Kernels (all accumulate in float32; fp16/bf16 operands go through the tensor cores, fp32
+operands use IEEE fp32 FMAs unless ``torch.get_float32_matmul_precision() != "highest"``, when
+TF32 is allowed, exactly like ``torch.matmul``):
+
+``_gram_kernel``      one program = one (i <= j) tile pair of one image's Gram matrix (only the
+                      upper-triangle tiles are computed; the transpose is mirror-written), over
+                      one split of the H*W reduction.  Optionally a second feature map Y: the tile
+                      of s*(X X^T - Y Y^T) is accumulated in the same registers, so the difference
+                      of two Grams is produced without either Gram ever being written.  Arbitrary
+                      strides (channels_last, slices, permutes): the reduction index k = h*W + w is
+                      turned into an offset with the tensor's own strides.
+``_pdist_kernel``     one program = one (BM x BN) tile of clamp(|x|^2 + |y|^2 - 2 x.y, 0) over one
+                      split of D; the squared norms are accumulated from the very tiles the dot
+                      product loads (no extra pass over the data).  ``SYM`` (y is x) computes only
+                      the upper-triangle tiles, mirror-writes, and zeroes the diagonal exactly.
+``_pdist_finish_kernel``  the split-K reduction and distance epilogue when D was split.
+
+Launchers: :func:`gram_launch`, :func:`pairwise_launch`.  They accept CUDA tensors, or CPU
+tensors under ``TRITON_INTERPRET=1`` (autotuning is off there).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# PREC constexpr: how tl.dot treats its operands.
+PREC_NATIVE, PREC_TF32, PREC_IEEE = 0, 1, 2
+
+_SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _dot(a, b, acc, PREC: tl.constexpr):
+    if PREC == 1:
+        acc = tl.dot(a, b, acc, input_precision="tf32")
+    elif PREC == 2:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def _tri_decode(t):
+    """Tile pair index t -> (i, j), i <= j, enumerated column by column (j-major)."""
+    tf = t.to(tl.float32)
+    j = ((tl.sqrt(8.0 * tf + 1.0) - 1.0) * 0.5).to(tl.int32)
+    # fix the float rounding of the square root either way
+    j = tl.where((j + 1) * (j + 2) // 2 <= t, j + 1, j)
+    j = tl.where(j * (j + 1) // 2 > t, j - 1, j)
+    i = t - j * (j + 1) // 2
+    return i, j
+
+
+@triton.jit
+def _gram_kernel(X, Y, OUT, C, W, K, K_SPLIT, scale,
+                 sxn, sxc, sxh, sxw, syn, syc, syh, syw,
+                 sos, son, soi, soj,
+                 HAS_Y: tl.constexpr, FLAT: tl.constexpr, PREC: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    t = tl.program_id(0)
+    s = tl.program_id(1)
+    n = tl.program_id(2).to(tl.int64)
+    ti, tj = _tri_decode(t)
+    rm = ti * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tj * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = rm < C
+    mask_n = rn < C
+    rk = tl.arange(0, BLOCK_K)
+    k_lo = s * K_SPLIT
+    k_hi = tl.minimum(K, k_lo + K_SPLIT)
+    xb = X + n * sxn
+    yb = Y + n * syn
+    acc = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k = k0 + rk
+        mk = k < k_hi
+        if FLAT:
+            kx = k * sxw
+        else:
+            kx = (k // W) * sxh + (k % W) * sxw
+        a = tl.load(xb + rm[:, None] * sxc + kx[None, :], mask=mask_m[:, None] & mk[None, :], other=0.0)
+        b = tl.load(xb + rn[None, :] * sxc + kx[:, None], mask=mask_n[None, :] & mk[:, None], other=0.0)
+        acc = _dot(a, b, acc, PREC)
+        if HAS_Y:
+            if FLAT:
+                ky = k * syw
+            else:
+                ky = (k // W) * syh + (k % W) * syw
+            a2 = tl.load(yb + rm[:, None] * syc + ky[None, :], mask=mask_m[:, None] & mk[None, :], other=0.0)
+            b2 = tl.load(yb + rn[None, :] * syc + ky[:, None], mask=mask_n[None, :] & mk[:, None], other=0.0)
+            acc = _dot(-a2, b2, acc, PREC)
+    acc = acc * scale
+    val = acc.to(OUT.dtype.element_ty)
+    ob = OUT + s.to(tl.int64) * sos + n * son
+    mask = mask_m[:, None] & mask_n[None, :]
+    tl.store(ob + rm[:, None] * soi + rn[None, :] * soj, val, mask=mask)
+    # mirror: G[j, i] = G[i, j] for the strictly-upper tiles
+    tl.store(ob + rn[None, :] * soi + rm[:, None] * soj, val, mask=mask & (ti < tj))
+
+
+@triton.jit
+def _pdist_kernel(X, Y, OUT, NXW, NYW, M, N, K, K_SPLIT, TILES_N,
+                  sxm, sxk, sym, syk, sos, som, son, snxs, snys,
+                  SYM: tl.constexpr, PARTIAL: tl.constexpr, PREC: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    s = tl.program_id(1)
+    if SYM:
+        pm, pn = _tri_decode(pid)
+    else:
+        pm = pid // TILES_N
+        pn = pid % TILES_N
+    rm = pm * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pn * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = rm < M
+    mask_n = rn < N
+    rk = tl.arange(0, BLOCK_K)
+    k_lo = s * K_SPLIT
+    k_hi = tl.minimum(K, k_lo + K_SPLIT)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    nx = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    ny = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    xrow = X + rm[:, None].to(tl.int64) * sxm
+    yrow = Y + rn[None, :].to(tl.int64) * sym
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k = k0 + rk
+        mk = k < k_hi
+        a = tl.load(xrow + k[None, :] * sxk, mask=mask_m[:, None] & mk[None, :], other=0.0)
+        b = tl.load(yrow + k[:, None] * syk, mask=mask_n[None, :] & mk[:, None], other=0.0)
+        acc = _dot(a, b, acc, PREC)
+        af = a.to(tl.float32)
+        bf = b.to(tl.float32)
+        nx += tl.sum(af * af, axis=1)
+        ny += tl.sum(bf * bf, axis=0)
+    mask = mask_m[:, None] & mask_n[None, :]
+    if PARTIAL:
+        ob = OUT + s.to(tl.int64) * sos
+        tl.store(ob + rm[:, None] * som + rn[None, :] * son, acc, mask=mask)
+        if SYM:
+            tl.store(ob + rn[None, :] * som + rm[:, None] * son, acc, mask=mask & (pm < pn))
+            tl.store(NXW + s * snxs + rm, nx, mask=mask_m & (pm == pn))
+        else:
+            tl.store(NXW + s * snxs + rm, nx, mask=mask_m & (pn == 0))
+            tl.store(NYW + s * snys + rn, ny, mask=mask_n & (pm == 0))
+    else:
+        d = nx[:, None] + ny[None, :] - 2.0 * acc
+        d = tl.maximum(d, 0.0)
+        if SYM:
+            d = tl.where(rm[:, None] == rn[None, :], 0.0, d)
+            tl.store(OUT + rn[None, :] * som + rm[:, None] * son, d, mask=mask & (pm < pn))
+        tl.store(OUT + rm[:, None] * som + rn[None, :] * son, d, mask=mask)
+
+
+@triton.jit
+def _pdist_finish_kernel(WS, NXW, NYW, OUT, M, N, S, sws, swm, swn, snxs, snys, som, son,
+                         SYM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = rm < M
+    mask_n = rn < N
+    mask = mask_m[:, None] & mask_n[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    nx = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    ny = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for s in range(0, S):
+        acc += tl.load(WS + s * sws + rm[:, None] * swm + rn[None, :] * swn, mask=mask, other=0.0)
+        nx += tl.load(NXW + s * snxs + rm, mask=mask_m, other=0.0)
+        ny += tl.load(NYW + s * snys + rn, mask=mask_n, other=0.0)
+    d = tl.maximum(nx[:, None] + ny[None, :] - 2.0 * acc, 0.0)
+    if SYM:
+        d = tl.where(rm[:, None] == rn[None, :], 0.0, d)
+    tl.store(OUT + rm[:, None] * som + rn[None, :] * son, d, mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# autotuned variants (CUDA only: never under the interpreter)
+# ----------------------------------------------------------------------------------------------
+
+def _configs(bks, warps=(4, 8), stages=(3, 4)):
+    return [triton.Config({"BLOCK_K": bk}, num_warps=w, num_stages=st)
+            for bk in bks for w in warps for st in stages]
+
+
+if INTERPRET:
+    _gram_kernel_tuned = None
+    _pdist_kernel_tuned = None
+else:
+    _gram_kernel_tuned = triton.autotune(
+        configs=_configs((32, 64)) + [triton.Config({"BLOCK_K": 32}, num_warps=4, num_stages=2),
+                                      triton.Config({"BLOCK_K": 128}, num_warps=8, num_stages=3)],
+        key=["C", "K_SPLIT", "HAS_Y", "FLAT", "PREC", "BLOCK_M"],
+    )(_gram_kernel)
+    _pdist_kernel_tuned = triton.autotune(
+        configs=_configs((32, 64)) + [triton.Config({"BLOCK_K": 128}, num_warps=8, num_stages=3),
+                                      triton.Config({"BLOCK_K": 32}, num_warps=4, num_stages=2)],
+        key=["M", "N", "K_SPLIT", "SYM", "PARTIAL", "PREC", "BLOCK_M", "BLOCK_N"],
+    )(_pdist_kernel)
+
+# Problems smaller than this many multiply-adds run a fixed config (no autotuning pass).
+AUTOTUNE_MIN_MACS = 1 << 26
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _programs_target(device: torch.device) -> int:
+    if device.type == "cuda":
+        return 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 4
+
+
+def _prec(dtype: torch.dtype) -> int:
+    if dtype != torch.float32:
+        return PREC_NATIVE
+    return PREC_IEEE if torch.get_float32_matmul_precision() == "highest" else PREC_TF32
+
+
+def choose_split(programs: int, k: int, target: int, min_chunk: int = 1024, align: int = 128) -> tuple[int, int]:
+    """Split-K: enough programs to fill the device, each reducing at least ``min_chunk``."""
+    if programs >= target or k <= min_chunk:
+        split = 1
+    else:
+        split = min(-(-target // programs), max(1, k // min_chunk))
+    chunk = -(-k // split)
+    chunk = -(-chunk // align) * align
+    split = -(-k // chunk)
+    return split, chunk
+
+
+def _check(t: torch.Tensor, name: str):
+    if t.dtype not in _SUPPORTED:
+        raise TypeError(f"{name}: Triton kernels take float16/bfloat16/float32, got {t.dtype}")
+    if t.device.type != "cuda" and not INTERPRET:
+        raise ValueError(f"{name}: Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1), got {t.device}")
+
+
+def _hw_strides(f: torch.Tensor):
+    """Strides (n, c, h, w) and whether (h, w) collapses to one stride (k = h*W + w)."""
+    sn, sc, sh, sw = f.stride()
+    h, w = f.shape[2], f.shape[3]
+    flat = h == 1 or sh == w * sw
+    if w == 1 and not flat:
+        flat, sw = True, sh
+    return sn, sc, sh, sw, flat
+
+
+def gram_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, scale: Optional[float] = None,
+                out_dtype: Optional[torch.dtype] = None, split_k: Optional[int] = None,
+                block_m: Optional[int] = None, block_k: Optional[int] = None,
+                autotune: Optional[bool] = None) -> torch.Tensor:
+    """scale * (X X^T - Y Y^T) per image (Y optional) of (N, C, H, W) features -> (N, C, C).
+
+    ``scale`` defaults to 1 / (C H W); ``out_dtype`` to x's dtype (float32 accumulation always).
+    Any strides.  ``split_k``/``block_m``/``block_k``/``autotune`` override the heuristics (tests).
+    """
+    _check(x, "x")
+    if x.dim() != 4:
+        raise ValueError(f"x: expected (N, C, H, W), got shape {tuple(x.shape)}")
+    if y is not None:
+        _check(y, "y")
+        if y.shape != x.shape or y.dtype != x.dtype or y.device != x.device:
+            raise ValueError(f"y: expected shape {tuple(x.shape)} {x.dtype} on {x.device}, got "
+                             f"{tuple(y.shape)} {y.dtype} on {y.device}")
+    n, c, h, w = x.shape
+    k = h * w
+    scale = 1.0 / (c * h * w) if scale is None else float(scale)
+    out_dtype = out_dtype or x.dtype
+    if INTERPRET:
+        bm = block_m or (16 if c <= 16 else 32)
+        bk = block_k or 16
+        tune = False
+    else:
+        bm = block_m or (64 if c <= 128 else 128)
+        bk = block_k or 32
+        tune = (n * c * c * k >= AUTOTUNE_MIN_MACS) if autotune is None else autotune
+        tune = tune and block_k is None
+    tiles = -(-c // bm)
+    pairs = tiles * (tiles + 1) // 2
+    if split_k is None:
+        split, chunk = choose_split(pairs * n, k, _programs_target(x.device))
+    else:
+        split = max(1, min(int(split_k), k))
+        chunk = -(-k // split)
+        split = -(-k // chunk)
+    out = torch.empty((n, c, c), dtype=out_dtype, device=x.device)
+    if split > 1:
+        target = torch.empty((split, n, c, c), dtype=torch.float32, device=x.device)
+    else:
+        target = out.unsqueeze(0)
+    sxn, sxc, sxh, sxw, flat_x = _hw_strides(x)
+    if y is not None:
+        syn, syc, syh, syw, flat_y = _hw_strides(y)
+    else:
+        syn, syc, syh, syw, flat_y = sxn, sxc, sxh, sxw, flat_x
+    flat = flat_x and flat_y
+    if not flat:  # the general path needs the true (h, w) strides of both
+        sxn, sxc, sxh, sxw = x.stride()
+        if y is not None:
+            syn, syc, syh, syw = y.stride()
+        else:
+            syn, syc, syh, syw = sxn, sxc, sxh, sxw
+    grid = (pairs, split, n)
+    args = (x, x if y is None else y, target, c, w, k, chunk, scale,
+            sxn, sxc, sxh, sxw, syn, syc, syh, syw,
+            target.stride(0), target.stride(1), target.stride(2), target.stride(3))
+    meta = dict(HAS_Y=y is not None, FLAT=flat, PREC=_prec(x.dtype), BLOCK_M=bm)
+    if tune:
+        _gram_kernel_tuned[grid](*args, **meta)
+    else:
+        _gram_kernel[grid](*args, **meta, BLOCK_K=bk, num_warps=4, num_stages=3 if not INTERPRET else 1)
+    if split > 1:
+        torch.sum(target, dim=0, out=out) if out_dtype == torch.float32 else out.copy_(target.sum(0))
+    return out
+
+
+def pairwise_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, split_k: Optional[int] = None,
+                    block_m: Optional[int] = None, block_k: Optional[int] = None,
+                    autotune: Optional[bool] = None) -> torch.Tensor:
+    """clamp(|x_i|^2 + |y_j|^2 - 2 x_i . y_j, 0) of (M, D) x against (N, D) y -> (M, N) float32.
+
+    ``y=None`` means y is x: only the upper-triangle tiles are computed and the diagonal is 0.
+    """
+    _check(x, "gx")
+    if x.dim() != 2:
+        raise ValueError(f"gx: expected (N, D), got shape {tuple(x.shape)}")
+    if y is not None:
+        _check(y, "gy")
+        if y.dim() != 2 or y.shape[1] != x.shape[1] or y.dtype != x.dtype or y.device != x.device:
+            raise ValueError(f"gy: expected (M, {x.shape[1]}) {x.dtype} on {x.device}, got "
+                             f"{tuple(y.shape)} {y.dtype} on {y.device}")
+    sym = y is None
+    yy = x if sym else y
+    m, kdim = x.shape
+    nn_ = yy.shape[0]
+    if INTERPRET:
+        bm = block_m or (16 if max(m, nn_) <= 16 else 32)
+        bk = block_k or 32
+        tune = False
+    else:
+        bm = block_m or (64 if min(m, nn_) <= 64 else 128)
+        bk = block_k or 32
+        tune = (m * nn_ * kdim >= AUTOTUNE_MIN_MACS) if autotune is None else autotune
+        tune = tune and block_k is None
+    bn = bm
+    tiles_m, tiles_n = -(-m // bm), -(-nn_ // bn)
+    programs = tiles_m * (tiles_m + 1) // 2 if sym else tiles_m * tiles_n
+    if split_k is None:
+        split, chunk = choose_split(programs, kdim, _programs_target(x.device), min_chunk=2048)
+    else:
+        split = max(1, min(int(split_k), kdim))
+        chunk = -(-kdim // split)
+        split = -(-kdim // chunk)
+    out = torch.empty((m, nn_), dtype=torch.float32, device=x.device)
+    partial = split > 1
+    if partial:
+        ws = torch.empty((split, m, nn_), dtype=torch.float32, device=x.device)
+        nxw = torch.empty((split, m), dtype=torch.float32, device=x.device)
+        nyw = nxw if sym else torch.empty((split, nn_), dtype=torch.float32, device=x.device)
+    else:
+        ws = out.unsqueeze(0)
+        nxw = nyw = out  # unused
+    grid = (programs, split)
+    args = (x, yy, ws, nxw, nyw, m, nn_, kdim, chunk, tiles_n,
+            x.stride(0), x.stride(1), yy.stride(0), yy.stride(1),
+            ws.stride(0), ws.stride(1), ws.stride(2),
+            nxw.stride(0) if partial else 0, nyw.stride(0) if partial else 0)
+    meta = dict(SYM=sym, PARTIAL=partial, PREC=_prec(x.dtype), BLOCK_M=bm, BLOCK_N=bn)
+    if tune:
+        _pdist_kernel_tuned[grid](*args, **meta)
+    else:
+        _pdist_kernel[grid](*args, **meta, BLOCK_K=bk, num_warps=4, num_stages=3 if not INTERPRET else 1)
+    if partial:
+        fb = 32
+        _pdist_finish_kernel[(-(-m // fb), -(-nn_ // fb))](
+            ws, nxw, nyw, out, m, nn_, split, ws.stride(0), ws.stride(1), ws.stride(2),
+            nxw.stride(0), nyw.stride(0), out.stride(0), out.stride(1),
+            SYM=sym, BLOCK_M=fb, BLOCK_N=fb, num_warps=4)
+    return out
+
+
+__all__ = ["gram_launch", "pairwise_launch", "choose_split", "INTERPRET"]
