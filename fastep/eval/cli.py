@@ -1,0 +1,45 @@
+"""``fastep eval CHECKPOINT --data DIR``: metrics JSON + markdown table of a trained model."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a checkpoint written by `fastep train`")
+    p.add_argument("--data", required=True, help="data folder (pix2pix AB or A/B folders with a val/ split; "
+                                                 "a built-in data set adds style-capture metrics)")
+    p.add_argument("--out", default=None, help="metrics JSON path (default: <checkpoint dir>/eval.json); "
+                                               "the markdown table goes next to it")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--n-inputs", type=int, default=100)
+    p.add_argument("--n-styles", type=int, default=16)
+    p.add_argument("--max-recon", type=int, default=None, help="cap on validation images for PSNR/LPIPS")
+    p.add_argument("--style-source", choices=("images", "mapper", "gaussian"), default="images")
+    p.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex")
+    p.add_argument("--lpips-weights", default="imagenet",
+                   help="'imagenet' (needs the torchvision file offline), 'random' (seeded; offline), or a path")
+    p.add_argument("--inception", default=None, help="Inception-v3 weights file for IS / FID")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run(args: argparse.Namespace) -> int:
+    from .evaluate import EvalConfig, evaluate_checkpoint, markdown_report, write_report
+
+    cfg = EvalConfig(n_inputs=args.n_inputs, n_styles=args.n_styles, max_recon=args.max_recon,
+                     style_source=args.style_source, lpips_net=args.lpips_net, lpips_weights=args.lpips_weights,
+                     inception_weights=args.inception, ema=not args.no_ema)
+    report = evaluate_checkpoint(args.checkpoint, args.data, cfg, args.device)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval.json"
+    write_report(report, out)
+    print(markdown_report([report]))
+    print(json.dumps({k: report[k] for k in ("reconstruction", "diversity") if k in report}, indent=1))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0

@@ -1,0 +1,77 @@
+"""Style transfer and sampling from a checkpoint as a Python API (``fastep sample`` wraps it)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence, Union
+
+import torch
+
+from .figures import interpolation_strips, sampling_grid, style_transfer_grid
+
+PathLike = Union[str, Path]
+
+
+def load_image_file(path: PathLike, resolution: int, half: str = "auto") -> torch.Tensor:
+    """One image file as (3, R, R) in [-1, 1].  ``half``: "A" / "B" takes that half of a pix2pix
+    AB file, "full" the whole image, "auto" the whole image (use "A"/"B" for AB files)."""
+    from fastep.data import read_image, split_ab
+
+    img = read_image(path)
+    if half in ("A", "B"):
+        img = split_ab(img, path)[0 if half == "A" else 1]
+    elif half not in ("auto", "full"):
+        raise ValueError(f"half must be 'A', 'B', 'full' or 'auto', got {half!r}")
+    x = img.unsqueeze(0).float() / 127.5 - 1.0
+    x = torch.nn.functional.interpolate(x, size=(resolution, resolution), mode="bilinear",
+                                        align_corners=False, antialias=True)
+    return x[0].clamp(-1, 1)
+
+
+@torch.no_grad()
+def transfer(checkpoint: PathLike, inputs: Sequence[PathLike], styles: Sequence[PathLike], out: PathLike, *,
+             input_half: str = "auto", style_half: str = "auto", device="cpu", ema: bool = True) -> Path:
+    """Grid of G(A_i, E(B_j)) for input files A_i and style files B_j, written to ``out`` (PNG)."""
+    from fastep.train.checkpoint import load_models
+
+    if not inputs:
+        raise ValueError("inputs: give at least one input image")
+    if not styles:
+        raise ValueError("styles: give at least one style image")
+    G, E, cfg, _ = load_models(checkpoint, device, ema=ema)
+    A = torch.stack([load_image_file(p, cfg.resolution, input_half) for p in inputs]).to(device)
+    B = torch.stack([load_image_file(p, cfg.resolution, style_half) for p in styles]).to(device)
+    return style_transfer_grid(G, E, A, B, out)
+
+
+@torch.no_grad()
+def sample(checkpoint: PathLike, inputs: Sequence[PathLike], out: PathLike, *, n: int = 8, input_half: str = "auto",
+           seed: int = 0, device="cpu", ema: bool = True) -> Path:
+    """Rows of ``n`` random outputs per input, from the mapper and from N(mu, sigma) where the
+    checkpoint has them."""
+    from fastep.train.checkpoint import load_models
+
+    G, E, cfg, extras = load_models(checkpoint, device, ema=ema)
+    A = torch.stack([load_image_file(p, cfg.resolution, input_half) for p in inputs]).to(device)
+    noise = torch.randn(n, cfg.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    sets = {}
+    if extras.get("mapper") is not None:
+        sets["mapper"] = extras["mapper"](noise)
+    if extras.get("z_stats") is not None:
+        sets["gaussian"] = extras["z_stats"]["mu"] + extras["z_stats"]["sigma"] * noise
+    if not sets:
+        raise ValueError(f"checkpoint {checkpoint}: no mapper and no z_stats; train the mapper stage first "
+                         "or use style transfer (transfer())")
+    return sampling_grid(G, A, sets, out)
+
+
+@torch.no_grad()
+def interpolate(checkpoint: PathLike, inputs: Sequence[PathLike], style_a: PathLike, style_b: PathLike,
+                out: PathLike, *, steps: int = 8, device="cpu", ema: bool = True) -> Path:
+    """Strips G(A, lerp(E(style_a), E(style_b), t)) for every input."""
+    from fastep.train.checkpoint import load_models
+
+    G, E, cfg, _ = load_models(checkpoint, device, ema=ema)
+    A = torch.stack([load_image_file(p, cfg.resolution) for p in inputs]).to(device)
+    za = E(load_image_file(style_a, cfg.resolution).unsqueeze(0).to(device))
+    zb = E(load_image_file(style_b, cfg.resolution).unsqueeze(0).to(device))
+    return interpolation_strips(G, A, za, zb, out, steps=steps)

@@ -1,0 +1,37 @@
+"""``fastep sample CHECKPOINT --input IMG... [--styles IMG...] --out grid.png``.
+
+With ``--styles``: a style-transfer grid (inputs x style images).  Without: random samples from
+the mapper and N(mu, sigma).  With ``--interpolate STYLE_A STYLE_B``: interpolation strips.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint")
+    p.add_argument("--input", nargs="+", required=True, help="input image file(s) (A)")
+    p.add_argument("--styles", nargs="+", default=None, help="style image file(s) (B)")
+    p.add_argument("--interpolate", nargs=2, metavar=("STYLE_A", "STYLE_B"), default=None)
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--ab", action="store_true", help="the files are pix2pix AB pairs: inputs use the A half, "
+                                                     "styles the B half")
+    p.add_argument("-n", type=int, default=8, help="samples per input when sampling")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import sample as S
+
+    in_half, st_half = ("A", "B") if args.ab else ("auto", "auto")
+    if args.interpolate:
+        path = S.interpolate(args.checkpoint, args.input, *args.interpolate, args.out, device=args.device)
+    elif args.styles:
+        path = S.transfer(args.checkpoint, args.input, args.styles, args.out, input_half=in_half,
+                          style_half=st_half, device=args.device)
+    else:
+        path = S.sample(args.checkpoint, args.input, args.out, n=args.n, input_half=in_half, seed=args.seed,
+                        device=args.device)
+    print(f"wrote {path}")
+    return 0
