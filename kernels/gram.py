@@ -100,6 +100,8 @@ def _gram_kernel(X, Y, OUT, C, W, K, K_SPLIT, scale,
             a2 = tl.load(yb + rm[:, None] * syc + ky[None, :], mask=mask_m[:, None] & mk[None, :], other=0.0)
             b2 = tl.load(yb + rn[None, :] * syc + ky[:, None], mask=mask_n[None, :] & mk[:, None], other=0.0)
             acc = _dot(-a2, b2, acc, PREC)
+    # exact symmetry: diagonal tiles take their lower half from the upper half (no-op elsewhere)
+    acc = tl.where(rm[:, None] <= rn[None, :], acc, tl.trans(acc))
     acc = acc * scale
     val = acc.to(OUT.dtype.element_ty)
     ob = OUT + s.to(tl.int64) * sos + n * son
@@ -144,6 +146,10 @@ def _pdist_kernel(X, Y, OUT, NXW, NYW, M, N, K, K_SPLIT, TILES_N,
         nx += tl.sum(af * af, axis=1)
         ny += tl.sum(bf * bf, axis=0)
     mask = mask_m[:, None] & mask_n[None, :]
+    if SYM:
+        # exact symmetry: on diagonal tiles use one norm vector and mirror the upper half
+        ny = tl.where(pm == pn, nx, ny)
+        acc = tl.where(rm[:, None] <= rn[None, :], acc, tl.trans(acc))
     if PARTIAL:
         ob = OUT + s.to(tl.int64) * sos
         tl.store(ob + rm[:, None] * som + rn[None, :] * son, acc, mask=mask)

@@ -374,12 +374,20 @@ def gram_vector_dim(channels: Sequence[int]) -> int:
     return _ref.gram_vector_dim_reference(chans)
 
 
-@functools.lru_cache(maxsize=64)
 def _triu_pack(c: int, device: torch.device, dtype: torch.dtype):
+    if torch.compiler.is_compiling():
+        return _triu_pack_uncached(c, device, dtype)
+    return _triu_pack_cached(c, device, dtype)
+
+
+def _triu_pack_uncached(c: int, device: torch.device, dtype: torch.dtype):
     iu = torch.triu_indices(c, c, device=device)
     flat = iu[0] * c + iu[1]
     scale = torch.where(iu[0] == iu[1], 1.0, math.sqrt(2.0)).to(dtype)
     return flat, scale
+
+
+_triu_pack_cached = functools.lru_cache(maxsize=64)(_triu_pack_uncached)
 
 
 def gram_vectors(features: Sequence[Tensor], weights: Optional[Sequence[float]] = None,
@@ -425,9 +433,10 @@ def _pairwise_plain(x: Tensor, y: Optional[Tensor], block: int) -> Tensor:
         xb = x[r:r + block].to(acc)
         ob = out[r:r + block]
         torch.mm(xb, yt, out=ob)
-        ob.mul_(-2.0).add_(xb.square().sum(1)[:, None]).add_(ny[None, :]).clamp_min_(0)
-    if y is None:
-        out.fill_diagonal_(0)
+        ob.mul_(-2.0).add_(xb.square().sum(1)[:, None] + ny[None, :]).clamp_min_(0)
+    if y is None:  # exactly symmetric, exactly zero diagonal
+        out = torch.triu(out, 1)
+        out = out + out.T
     return out
 
 
