@@ -1,0 +1,148 @@
+"""The paper's evaluation protocol on the built-in data set, for several approaches.
+
+    python -m fastep.eval.protocol --out runs/protocol [--approaches ours_v3 bicycle_v1]
+
+For every approach: train all stages with :func:`fastep.train.pipeline.run_pipeline` on one shared
+built-in data set (64 x 64 on a CPU by default), then evaluate the final checkpoint (PSNR,
+LPIPS, diversity, style capture of the encoder against a randomly initialised one) and, for
+approaches with a pre-trained encoder, the encoder right after stage 1.  It also draws the
+figures (style-transfer grid, interpolation strips, sampling grid, 2-D code embeddings coloured
+by true style, validation LPIPS across training with the stage boundaries) and writes
+``OUT/protocol.json`` and ``OUT/protocol.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from . import figures
+from .evaluate import EvalConfig, _val_tensors, evaluate_checkpoint, make_lpips, markdown_report, reconstruction
+
+
+def _lpips_curve(run_dir: Path, data_root: Path, cfg: EvalConfig, device, lpips) -> Dict[str, object]:
+    """Validation LPIPS of every kept checkpoint of stages 2 and 3, on one kimg axis."""
+    from fastep.train.checkpoint import load_checkpoint, load_models
+
+    points, boundaries, offset = [], {}, 0.0
+    for stage in ("2", "3"):
+        ckpts = sorted((run_dir / f"stage{stage}" / "checkpoints").glob("*.pt"))
+        if not ckpts:
+            continue
+        if points:
+            boundaries[f"stage {stage}"] = offset
+        last = 0.0
+        for path in ckpts:
+            kimg = float(load_checkpoint(path).get("kimg") or 0.0)
+            G, E, mcfg, _ = load_models(path, device, ema=cfg.ema)
+            val = _val_tensors(data_root, int(mcfg.resolution), cfg.max_recon)
+            r = reconstruction(G, E, val["A"], val["B"], lpips, batch_size=cfg.batch_size, device=device)
+            points.append((offset + kimg, r["lpips"]))
+            last = max(last, kimg)
+        offset += last
+    return {"points": points, "boundaries": boundaries}
+
+
+@torch.no_grad()
+def _figures(run_dir: Path, data_root: Path, device, out_dir: Path) -> Dict[str, str]:
+    from fastep.data import BuiltinStyles
+    from fastep.train.checkpoint import load_models
+
+    from .evaluate import encode_split
+
+    G, E, mcfg, extras = load_models(run_dir / "final.pt", device)
+    val = _val_tensors(data_root, int(mcfg.resolution), 64)
+    A, B = val["A"].to(device), val["B"].to(device)
+    made = {
+        "style_transfer": figures.style_transfer_grid(G, E, A[:6], B[6:14], out_dir / "style_transfer.png"),
+        "interpolation": figures.interpolation_strips(G, A[:4], E(B[4:5]), E(B[5:6]), out_dir / "interpolation.png"),
+    }
+    noise = torch.randn(8, mcfg.z_dim, generator=torch.Generator().manual_seed(0)).to(device)
+    sets = {}
+    if extras.get("mapper") is not None:
+        sets["mapper"] = extras["mapper"](noise)
+    if extras.get("z_stats") is not None:
+        sets["gaussian"] = extras["z_stats"]["mu"] + extras["z_stats"]["sigma"] * noise
+    if sets:
+        made["sampling"] = figures.sampling_grid(G, A[:3], sets, out_dir / "sampling.png")
+    if (data_root / "factors.json").exists():
+        styles = BuiltinStyles.load(data_root)
+        labels = torch.as_tensor(styles.factor("val", "palette"))
+        z = encode_split(E, styles, "val", int(mcfg.resolution), batch_size=64, device=device)
+        made["embedding"] = figures.embedding_plot(z, labels, out_dir / "embedding.png",
+                                                   title="codes E(B) after training", label_name="palette")
+    return {k: str(v) for k, v in made.items()}
+
+
+def run_protocol(out: str | Path, approaches: Sequence[str] = ("ours_v3", "bicycle_v1"), *, device: str = "cpu",
+                 eval_cfg: Optional[EvalConfig] = None, pipeline_overrides: Optional[dict] = None,
+                 n_train: int = 192, n_val: int = 64, resolution: int = 64, seed: int = 0) -> Dict[str, object]:
+    """Train and evaluate every approach; return (and write) the protocol report."""
+    from fastep.data import make_builtin_dataset
+    from fastep.train.pipeline import PipelineOptions, run_pipeline
+
+    out = Path(out)
+    cfg = eval_cfg or EvalConfig(n_inputs=min(100, n_val), lpips_weights="random")
+    data_root = make_builtin_dataset(out / "data", n_train=n_train, n_val=n_val, resolution=resolution, seed=seed)
+    dev = torch.device(device)
+    lpips = make_lpips(cfg.lpips_net, cfg.lpips_weights, dev)
+    report: Dict[str, object] = {"data": str(data_root), "eval_config": dataclasses.asdict(cfg), "approaches": {}}
+    rows, names = [], []
+    for approach in approaches:
+        run_dir = out / approach
+        opts = PipelineOptions(out=str(run_dir), data=str(data_root), approach=approach, device=device,
+                               resolution=resolution, n_train=n_train, n_val=n_val, seed=seed, keep=1000,
+                               resume=True, **(pipeline_overrides or {}))
+        if not (run_dir / "final.pt").is_file():
+            run_pipeline(opts)
+        entry: Dict[str, object] = {"final": evaluate_checkpoint(run_dir / "final.pt", data_root, cfg, dev)}
+        rows.append(entry["final"])
+        names.append(f"{approach} (final)")
+        if (run_dir / "stage1" / "final.pt").is_file():
+            entry["after_stage1"] = evaluate_checkpoint(run_dir / "stage1" / "final.pt", data_root, cfg, dev)
+            rows.append(entry["after_stage1"])
+            names.append(f"{approach} (E after stage 1)")
+        curve = _lpips_curve(run_dir, data_root, cfg, dev, lpips)
+        entry["lpips_curve"] = curve
+        if curve["points"]:
+            figures.curve_plot(curve["points"], out / approach / "figures" / "val_lpips.png",
+                               boundaries=curve["boundaries"])
+        entry["figures"] = _figures(run_dir, data_root, dev, run_dir / "figures")
+        report["approaches"][approach] = entry
+    table = markdown_report(rows, names)
+    report["table"] = table
+    (out / "protocol.json").write_text(json.dumps(report, indent=2, default=str))
+    note = ("LPIPS uses a seeded random AlexNet backbone (no ImageNet weights offline); compare LPIPS "
+            "values only within this table.\n\n" if cfg.lpips_weights == "random" else "")
+    (out / "protocol.md").write_text(f"# fastep evaluation protocol\n\n{note}{table}\n")
+    return report
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fastep.eval.protocol", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/protocol")
+    p.add_argument("--approaches", nargs="+", default=["ours_v3", "bicycle_v1"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--n-train", type=int, default=192)
+    p.add_argument("--n-val", type=int, default=64)
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--lpips-weights", default="random")
+    p.add_argument("--stage2-kimg", type=float, default=None)
+    p.add_argument("--stage3-kimg", type=float, default=None)
+    args = p.parse_args(argv)
+    overrides = {k: v for k, v in (("stage2_kimg", args.stage2_kimg), ("stage3_kimg", args.stage3_kimg)) if v}
+    cfg = EvalConfig(n_inputs=min(100, args.n_val), lpips_weights=args.lpips_weights)
+    report = run_protocol(args.out, args.approaches, device=args.device, eval_cfg=cfg, pipeline_overrides=overrides,
+                          n_train=args.n_train, n_val=args.n_val, resolution=args.resolution)
+    print(report["table"])
+    print(f"wrote {Path(args.out) / 'protocol.json'} and protocol.md", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
