@@ -1,0 +1,358 @@
+"""fastep.losses: PerceptualLoss vs a plain pix2pixHD-style VGGLoss, StyleLoss, GAN losses, R1,
+feature matching, input checks."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastep.losses as L
+from fastep.nets.vgg import IMAGENET_MEAN, IMAGENET_STD
+from fastep.nets.weights import VGG_CFGS, random_state_dict
+
+# module-index slices of torchvision's vgg features (pix2pixHD's Vgg19; StEP's conv_i_2 for vgg16)
+SLICES = {"pix2pixhd": ("vgg19", [(0, 2), (2, 7), (7, 12), (12, 21), (21, 30)]),
+          "vgg16": ("vgg16", [(0, 4), (4, 9), (9, 14), (14, 21), (21, 28)])}
+SEED = 7
+
+
+def _tv_features(arch):
+    """torchvision-layout vgg features (make_layers) with fastep's seeded random weights."""
+    layers, cin = [], 3
+    for v in VGG_CFGS[arch]:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=True)]
+            cin = v
+    feats = nn.Sequential(*layers)
+    sd = random_state_dict(arch, SEED)
+    feats.load_state_dict({k[len("features."):]: v for k, v in sd.items()})
+    return feats.requires_grad_(False).eval()
+
+
+class VGGLoss(nn.Module):
+    """pix2pixHD's VGGLoss, verbatim in structure (slices, weights, criterion, detached target),
+    fed ImageNet-normalised images like fastep's VGGFeatures."""
+
+    def __init__(self, net, criterion):
+        super().__init__()
+        arch, cuts = SLICES[net]
+        f = _tv_features(arch)
+        self.slices = nn.ModuleList(nn.Sequential(*[f[i] for i in range(a, b)]) for a, b in cuts)
+        self.criterion = criterion
+        self.weights = [1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0]
+        mean, std = torch.tensor(IMAGENET_MEAN, dtype=torch.float64), torch.tensor(IMAGENET_STD, dtype=torch.float64)
+        self.register_buffer("a", (0.5 / std).float().view(1, 3, 1, 1))
+        self.register_buffer("b", ((0.5 - mean) / std).float().view(1, 3, 1, 1))
+
+    def vgg(self, x):
+        h = x * self.a.to(x.dtype) + self.b.to(x.dtype)
+        out = []
+        for s in self.slices:
+            h = s(h)
+            out.append(h)
+        return out
+
+    def forward(self, x, y):
+        x_vgg, y_vgg = self.vgg(x), self.vgg(y)
+        loss = 0
+        for i in range(len(x_vgg)):
+            loss += self.weights[i] * self.criterion(x_vgg[i], y_vgg[i].detach())
+        return loss
+
+
+def _close_grad(a, b, tol):
+    err = (a.double() - b.double()).norm() / b.double().norm()
+    assert err <= tol, f"relative gradient error {err:.3g} > {tol}"
+
+
+@pytest.fixture(scope="module")
+def nets():
+    cache = {}
+
+    def get(net, distance):
+        key = (net, distance)
+        if key not in cache:
+            crit = nn.L1Loss() if distance == "l1" else nn.MSELoss()
+            cache[key] = (L.PerceptualLoss(net, distance=distance, backbone_weights="random", seed=SEED),
+                          VGGLoss(net, crit))
+        return cache[key]
+
+    return get
+
+
+def _images(n=2, size=16, dtype=torch.float32):
+    return torch.rand(n, 3, size, size, dtype=dtype) * 2 - 1
+
+
+@pytest.mark.parametrize("net,distance", [("pix2pixhd", "l1"), ("vgg16", "mse")])
+def test_perceptual_matches_pix2pixhd_vggloss(nets, net, distance):
+    fast, plain = nets(net, distance)
+    x, y = _images(), _images()
+    # float64 ground truth
+    plain64 = plain.double()
+    x64 = x.double().requires_grad_()
+    ref = plain64(x64, y.double())
+    ref.backward()
+    plain.float()
+    # fastep, float32
+    xf = x.clone().requires_grad_()
+    out = fast(xf, y)
+    out.backward()
+    assert out.dim() == 0 and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref.detach(), rtol=2e-5, atol=1e-7)
+    # L1's gradient jumps where a feature difference crosses 0: compare in norm, not elementwise
+    tol = 2e-2 if distance == "l1" else 1e-3
+    _close_grad(xf.grad, x64.grad, tol)
+    # plain float32 VGGLoss: same value to float rounding
+    xp = x.clone().requires_grad_()
+    p32 = plain(xp, y)
+    p32.backward()
+    torch.testing.assert_close(out, p32, rtol=2e-5, atol=1e-7)
+    _close_grad(xf.grad, xp.grad, tol)
+
+
+def test_perceptual_float64_exact(nets):
+    fast, plain = nets("pix2pixhd", "l1")
+    fast64, plain64 = fast.double(), plain.double()
+    try:
+        x, y = _images(dtype=torch.float64), _images(dtype=torch.float64)
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        a, b = fast64(x1, y), plain64(x2, y)
+        a.backward()
+        b.backward()
+        assert a.dtype == torch.float64
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-10, atol=1e-14)
+    finally:
+        fast.float()
+        plain.float()
+
+
+def test_perceptual_target_pass_modes_agree(nets):
+    fast, _ = nets("vgg16", "mse")
+    x, y = _images(), _images()
+    results = {}
+    for mode in ("separate", "joint"):
+        fast.target_pass = mode
+        xg = x.clone().requires_grad_()
+        v = fast(xg, y)
+        v.backward()
+        results[mode] = (v.detach(), xg.grad)
+    fast.target_pass = "auto"
+    torch.testing.assert_close(results["separate"][0], results["joint"][0], rtol=1e-5, atol=1e-7)
+    _close_grad(results["separate"][1], results["joint"][1], 1e-4)
+    # target requiring grad gets the opposite-signed gradient path (both in one pass)
+    xg, yg = x.clone().requires_grad_(), y.clone().requires_grad_()
+    fast(xg, yg).backward()
+    assert yg.grad is not None and yg.grad.abs().sum() > 0
+    _close_grad(xg.grad, results["separate"][1], 1e-4)
+    # no grad at all: one joint pass, same value
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x, y), results["separate"][0], rtol=1e-5, atol=1e-7)
+
+
+def test_perceptual_functional_and_defaults():
+    x, y = _images(), _images()
+    m = L.PerceptualLoss("vgg16", backbone_weights="random", seed=SEED)
+    assert m.distance == "mse" and m.weights == list(L.DEFAULT_LAYER_WEIGHTS)
+    assert list(m.vgg.layers) == ["relu1_2", "relu2_2", "relu3_2", "relu4_2", "relu5_2"]
+    assert L.PerceptualLoss("pix2pixhd", backbone_weights="random").distance == "l1"
+    v = L.perceptual_loss(x, y, "vgg16", backbone_weights="random", seed=SEED)
+    torch.testing.assert_close(v, m(x, y))
+    assert float(m(x, x)) == 0.0
+
+
+def test_perceptual_bad_input(nets):
+    fast, _ = nets("vgg16", "mse")
+    x = _images()
+    with pytest.raises(TypeError, match="output"):
+        fast((x * 127).to(torch.uint8), x)
+    with pytest.raises(ValueError, match="target"):
+        fast(x, _images(size=24))
+    with pytest.raises(ValueError, match="output"):
+        fast(x[:, :1], x[:, :1])
+    with pytest.raises(ValueError, match="output"):
+        fast(x[0], x[0])
+    with pytest.raises(TypeError, match="target"):
+        fast(x, x.numpy())
+    with pytest.raises(ValueError, match="net"):
+        L.PerceptualLoss("resnet", backbone_weights="random")
+    with pytest.raises(ValueError, match="distance"):
+        L.PerceptualLoss("vgg16", distance="l3", backbone_weights="random")
+    with pytest.raises(ValueError, match="weights"):
+        L.PerceptualLoss("vgg16", weights=(1, 2), backbone_weights="random")
+
+
+def test_range_warning_once(nets):
+    fast, _ = nets("vgg16", "mse")
+    L._RANGE_WARNED.clear()
+    x = _images()
+    with pytest.warns(UserWarning, match="\\[-1, 1\\]"):
+        fast(x * 3, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast(x * 3, x)
+        fast(x, x)
+
+
+# --------------------------------------------------------------------------------------------
+# StyleLoss (on engineer A's gram ops)
+# --------------------------------------------------------------------------------------------
+def _has_gram():
+    try:
+        from fastep.ops import gram, style_loss  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _has_gram(), reason="fastep.ops.gram not available yet")
+def test_style_loss_matches_gatys_reference():
+    from fastep.ops import reference as ref
+
+    sl = L.StyleLoss(net="gatys", backbone_weights="random", seed=SEED, layer_weights=[1, 2, 3, 4, 5])
+    x, t = _images(), _images(n=1)
+    xg = x.clone().requires_grad_()
+    v = sl(xg, t)
+    v.backward()
+    # float64 plain definition
+    vgg64 = sl.vgg.double()
+    try:
+        x64 = x.double().requires_grad_()
+        fx, ft = vgg64(x64), vgg64(t.double())
+        exp = 0
+        for w, a, b in zip([1, 2, 3, 4, 5], fx, ft):
+            n, c, h, wd = a.shape
+            ga = a.reshape(n, c, -1) @ a.reshape(n, c, -1).transpose(1, 2) / (c * h * wd)
+            gb = b.reshape(1, c, -1) @ b.reshape(1, c, -1).transpose(1, 2) / (c * h * wd)
+            exp = exp + w * (ga - gb).square().mean()
+        exp.backward()
+    finally:
+        sl.vgg.float()
+    torch.testing.assert_close(v.double(), exp.detach(), rtol=1e-4, atol=1e-9)
+    _close_grad(xg.grad, x64.grad, 1e-3)
+    # cached target Grams: the same target tensor is not recomputed; precomputed Grams agree
+    grams = sl.target_grams
+    sl(x, t)
+    assert sl.target_grams is grams
+    sl2 = L.StyleLoss(target_grams=[g[0] for g in grams], net="gatys", backbone_weights="random",
+                      seed=SEED, layer_weights=[1, 2, 3, 4, 5])
+    torch.testing.assert_close(sl2(x), v.detach(), rtol=1e-5, atol=1e-9)
+    assert ref.style_loss_reference is not None
+    with pytest.raises(ValueError, match="target_grams"):
+        L.StyleLoss(target_grams=[torch.zeros(3, 3)], backbone_weights="random")
+
+
+# --------------------------------------------------------------------------------------------
+# adversarial losses
+# --------------------------------------------------------------------------------------------
+def _d_outputs(kind):
+    shapes = [(2, 1, 8, 8), (2, 1, 4, 4), (2, 1, 2, 2)]
+    if kind == "tensor":
+        return torch.randn(shapes[0]), torch.randn(shapes[0])
+    real = [torch.randn(s) for s in shapes]
+    fake = [torch.randn(s) for s in shapes]
+    if kind == "list":
+        return real, fake
+    feats = lambda outs: [[torch.randn(2, 4, 5, 5), torch.randn(2, 8, 3, 3), o] for o in outs]  # noqa: E731
+    return feats(real), feats(fake)
+
+
+def _finals(p):
+    if isinstance(p, torch.Tensor):
+        return [p]
+    return [q[-1] if isinstance(q, list) else q for q in p]
+
+
+@pytest.mark.parametrize("kind", ["tensor", "list", "lists"])
+def test_adversarial_losses(kind):
+    real, fake = _d_outputs(kind)
+    R, Fk = _finals(real), _finals(fake)
+    exp = {
+        "lsgan": (sum(0.5 * ((r - 1) ** 2).mean() + 0.5 * (f ** 2).mean() for r, f in zip(R, Fk)),
+                  sum(((f - 1) ** 2).mean() for f in Fk)),
+        "hinge": (sum(F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(R, Fk)),
+                  sum(-f.mean() for f in Fk)),
+        "nonsat": (sum(F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+                       + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)) for r, f in zip(R, Fk)),
+                   sum(F.binary_cross_entropy_with_logits(f, torch.ones_like(f)) for f in Fk)),
+    }
+    fns = {"lsgan": (L.lsgan_d_loss, L.lsgan_g_loss), "hinge": (L.hinge_d_loss, L.hinge_g_loss),
+           "nonsat": (L.nonsat_d_loss, L.nonsat_g_loss)}
+    for name, (d_fn, g_fn) in fns.items():
+        torch.testing.assert_close(d_fn(real, fake), exp[name][0])
+        torch.testing.assert_close(g_fn(fake), exp[name][1])
+        mod = L.AdversarialLoss(name)
+        torch.testing.assert_close(mod(real, fake), exp[name][0])
+        torch.testing.assert_close(mod.g_loss(fake), exp[name][1])
+
+
+def test_adversarial_bad_input():
+    r, f = _d_outputs("list")
+    with pytest.raises(ValueError, match="fake"):
+        L.lsgan_d_loss(r, f[:2])
+    with pytest.raises(TypeError, match="fake"):
+        L.lsgan_g_loss("x")
+    with pytest.raises(TypeError, match="fake"):
+        L.lsgan_g_loss([torch.ones(2, dtype=torch.long)])
+    with pytest.raises(ValueError, match="kind"):
+        L.AdversarialLoss("wgan")
+
+
+def test_lsgan_gradients_flow():
+    fake = [torch.randn(2, 1, 4, 4, requires_grad=True), torch.randn(2, 1, 2, 2, requires_grad=True)]
+    L.lsgan_g_loss(fake).backward()
+    torch.testing.assert_close(fake[0].grad, 2 * (fake[0].detach() - 1) / 32)
+
+
+def test_r1_penalty():
+    D = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Softplus(), nn.Conv2d(4, 1, 3, padding=1))
+    x = torch.randn(3, 3, 8, 8, requires_grad=True)
+    out = [D(x), D(F.avg_pool2d(x, 2))]
+    pen = L.r1_penalty(out, x, gamma=4.0)
+    g, = torch.autograd.grad(out[0].sum() + out[1].sum(), x, create_graph=True)
+    exp = 2.0 * g.square().sum(dim=(1, 2, 3)).mean()
+    torch.testing.assert_close(pen, exp)
+    pen.backward()  # differentiable into D
+    assert D[0].weight.grad is not None
+    with pytest.raises(ValueError, match="real_inputs"):
+        L.r1_penalty(D(x.detach()), x.detach())
+
+
+@pytest.mark.parametrize("distance", ["l1", "mse"])
+def test_feature_matching_matches_pix2pixhd(distance):
+    real, fake = _d_outputs("lists")
+    fake = [[t.clone().requires_grad_() for t in s] for s in fake]
+    crit = nn.L1Loss() if distance == "l1" else nn.MSELoss()
+    num_D, n_layers_D = len(fake), 3
+    feat_w, d_w = 4.0 / (n_layers_D + 1), 1.0 / num_D
+    exp = 0
+    for i in range(num_D):
+        for j in range(len(fake[i]) - 1):
+            exp = exp + d_w * feat_w * crit(fake[i][j], real[i][j].detach())
+    got = L.feature_matching_loss(real, fake, distance=distance)
+    torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-7)
+    g1 = torch.autograd.grad(got, fake[0][0], retain_graph=True)[0]
+    g2 = torch.autograd.grad(exp, fake[0][0])[0]
+    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="fake_feats"):
+        L.feature_matching_loss(real, fake[:2])
+
+
+@pytest.mark.cuda
+def test_perceptual_cuda_amp_close_to_fp32():
+    m = L.PerceptualLoss("vgg16", backbone_weights="random", seed=SEED).cuda()
+    x, y = _images(4, 64).cuda(), _images(4, 64).cuda()
+    xg = x.clone().requires_grad_()
+    v = m(xg, y)
+    v.backward()
+    m.amp = False
+    x32 = x.clone().requires_grad_()
+    v32 = m(x32, y)
+    v32.backward()
+    torch.testing.assert_close(v, v32, rtol=3e-2, atol=1e-5)
+    cos = F.cosine_similarity(xg.grad.flatten(), x32.grad.flatten(), dim=0)
+    assert cos > 0.98
