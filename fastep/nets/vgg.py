@@ -153,30 +153,32 @@ class VGGFeatures(nn.Module):
         last = max(self._indices)
         self.num_pools = sum(1 for n, (i, _) in table.items() if n.startswith("pool") and i < last)
 
+        # Weights first: a missing file fails fast, before anything is built.
+        sd = resolve_state_dict(arch, weights, seed=seed, download=download)
+
         # Pre-ReLU outputs must survive their ReLU: that ReLU is out of place, the others in place.
         keep = {i for n, i in zip(names, self._indices) if n.startswith("conv")}
         mods: List[nn.Module] = []
         cin = 3
-        for v in VGG_CFGS[arch]:
-            if len(mods) > last:
-                break
-            if v == "M":
-                mods.append(nn.MaxPool2d(kernel_size=2, stride=2))
-                continue
-            mods.append(nn.Conv2d(cin, int(v), kernel_size=3, padding=1))
-            mods.append(nn.ReLU(inplace=(len(mods) - 1) not in keep))
-            cin = int(v)
+        with torch.device("meta"):  # no wasted default init: the weights are assigned below
+            for v in VGG_CFGS[arch]:
+                if len(mods) > last:
+                    break
+                if v == "M":
+                    mods.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                    continue
+                mods.append(nn.Conv2d(cin, int(v), kernel_size=3, padding=1))
+                mods.append(nn.ReLU(inplace=(len(mods) - 1) not in keep))
+                cin = int(v)
         self.features = nn.Sequential(*mods[: last + 1])
         # output slot(s) of each module index
         self._slots: Dict[int, List[int]] = {}
         for slot, i in enumerate(self._indices):
             self._slots.setdefault(i, []).append(slot)
 
-        sd = resolve_state_dict(arch, weights, seed=seed, download=download)
-        own = {}
-        for k in self.features.state_dict():
-            own[k] = sd["features." + k]
-        self.features.load_state_dict(own, strict=True)
+        own = {k: sd["features." + k].detach().to("cpu", torch.float32, copy=True)
+               for k in self.features.state_dict()}
+        self.features.load_state_dict(own, strict=True, assign=True)
 
         if input_range == "imagenet_normalized":
             a = torch.ones(3)
