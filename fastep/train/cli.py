@@ -101,22 +101,23 @@ def options_from_args(args):
 def run(args) -> int:
     from .checkpoint import CheckpointError
     from .pipeline import run_pipeline
-    from .trainer import NonFiniteLossError
+    from .trainer import NonFiniteLossError, is_main_process
 
+    main = True
     try:
         opts = options_from_args(args)
         summary = run_pipeline(opts)
+        main = is_main_process()
     except NonFiniteLossError as err:
-        print(f"fastep train: {err}", file=sys.stderr)
+        if is_main_process():
+            print(f"fastep train: {err}", file=sys.stderr)
         return 3
     except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as err:
         print(f"fastep train: error: {err}", file=sys.stderr)
         return 1
     finally:
         _shutdown()
-    from .trainer import is_main_process
-
-    if is_main_process():
+    if main:
         print(f"fastep train: done ({summary.get('wall_s', 0):.1f} s); metrics: {opts.out}/metrics.json"
               + (f"; checkpoint for eval: {summary['final_checkpoint']}" if summary.get("final_checkpoint") else ""))
     return 0

@@ -176,8 +176,11 @@ def _resolve_vgg_weights(choice: str) -> str:
 def _configs(opts: PipelineOptions, stage: str, device: torch.device, kimg: Optional[float]):
     from .config import LossConfig, ModelConfig, TrainConfig
 
-    model_cfg = _make(ModelConfig, resolution=opts.resolution, **opts.model_overrides)
     loss_cfg = LossConfig.preset(opts.approach)
+    overrides = dict(opts.model_overrides)
+    if getattr(loss_cfg, "needs_logvar", False):
+        overrides.setdefault("e_logvar", True)
+    model_cfg = _make(ModelConfig, resolution=opts.resolution, **overrides)
     if hasattr(loss_cfg, "perceptual_backbone"):
         loss_cfg = dataclasses.replace(loss_cfg, perceptual_backbone=_resolve_vgg_weights(opts.vgg_weights))
     train_cfg = _make(TrainConfig, stage=int(stage), approach=opts.approach, batch_size=opts.batch,
@@ -218,22 +221,18 @@ def run_stage1(root: Path, opts: PipelineOptions, device: torch.device) -> Dict[
         model_cfg, _, train_cfg = _configs(opts, "1", device, kimg=None)
         ds = _dataset(root, opts, augment=False)
         images_u8, _ = ds.stack_images("B", resolution=opts.resolution)
-        images = images_u8.float().div(127.5).sub(1.0)
+        cfg = _make(s1.Stage1Config, epochs=opts.stage1_epochs, seed=opts.seed,
+                    vgg_weights=_resolve_vgg_weights(opts.vgg_weights))
         t0 = time.perf_counter()
-        _log(f"fastep: stage 1: mining style triplets of {len(images)} images")
-        triplets = s1.mine_triplets_from_images(images, device=device, seed=opts.seed)
-        if isinstance(triplets, tuple):
-            triplets = triplets[0]
+        _log(f"fastep: stage 1: mining style neighbours of {len(images_u8)} images")
+        neighbours = s1.mine_triplets_from_images(images_u8, cfg, device)
         t_mine = time.perf_counter() - t0
-        torch.manual_seed(opts.seed)
-        models = build_models(model_cfg, device)
-        cfg = _make(s1.Stage1Config, epochs=opts.stage1_epochs, seed=opts.seed)
-        _log(f"fastep: stage 1: training E on {len(triplets)} triplets for {opts.stage1_epochs} epochs")
+        models = build_models(model_cfg, device, seed=opts.seed)
+        _log(f"fastep: stage 1: training E with the triplet loss for {cfg.epochs} epochs")
         t1 = time.perf_counter()
-        history = s1.train_encoder_stage1(models.E, images, triplets, cfg, device)
+        history = s1.train_encoder_stage1(models.E, images_u8, neighbours, cfg, device, progress=opts.progress)
         E_sd = {k: v.detach().cpu() for k, v in models.E.state_dict().items()}
-        metrics = {"stage": "1", "images": len(images), "triplets": int(len(triplets)),
-                   "mine_s": t_mine, "train_s": time.perf_counter() - t1,
+        metrics = {"stage": "1", "images": len(images_u8), "mine_s": t_mine, "train_s": time.perf_counter() - t1,
                    "history": history}
         ckpt = {"model_cfg": _asdict(model_cfg), "train_cfg": _asdict(train_cfg), "stage1_cfg": _asdict(cfg),
                 "G": None, "E": E_sd, "D": None, "G_ema": None, "E_ema": E_sd, "stage": "1",
@@ -273,8 +272,7 @@ def run_gan_stage(stage: str, root: Path, opts: PipelineOptions, device: torch.d
         return load_checkpoint(final).get("metrics") or {}
     kimg = kimg if kimg is not None else (opts.stage2_kimg if stage == "2" else opts.stage3_kimg)
     model_cfg, loss_cfg, train_cfg = _configs(opts, stage, device, kimg)
-    torch.manual_seed(opts.seed)
-    models = build_models(model_cfg, device)
+    models = build_models(model_cfg, device, seed=opts.seed)
     prev = Path(opts.out) / (f"stage{int(stage) - 1}" if stage in ("2", "3") else "") / "final.pt"
     init_path = Path(init) if init else prev
     if init_path.is_file():

@@ -120,3 +120,63 @@ def test_outputs_metrics_grids_and_tensorboard_note(tmp_path):
 def test_too_small_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="fewer than one batch"):
         Trainer(ToyStep(), ToyPairs(n=3), stage="2", batch_size=4, kimg=1, out_dir=tmp_path, progress=False)
+
+
+# ----------------------------------------------------------------------------- the real TrainStep
+
+@pytest.fixture
+def one_thread():
+    # The CI box has 2 cores shared by several jobs: one intra-op thread avoids OpenMP thrashing.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _real_step(seed):
+    from fastep.train.config import LossConfig, ModelConfig, TrainConfig
+    from fastep.train.step import TrainStep, build_models
+
+    mc = ModelConfig.tiny(resolution=32)
+    lc = LossConfig.preset("ours_v3", perceptual_backbone="random")
+    tc = TrainConfig(stage=3, approach="ours_v3", batch_size=2, resolution=32, compile=False, amp=False,
+                     channels_last=False, fused_adam=False, device="cpu", num_workers=0)
+    return TrainStep(build_models(mc, "cpu", seed=seed), lc, tc, 3), mc, tc
+
+
+def test_real_step_resume_bit_identical_and_load_models(tmp_path, one_thread):
+    pytest.importorskip("fastep.train.step")
+    import dataclasses
+
+    from fastep.train.checkpoint import load_models
+    from fastep.train.trainer import model_weights
+
+    def trainer(step, out, mc, tc):
+        return Trainer(step, ToyPairs(n=10, res=32), stage="3", batch_size=2, kimg=0.012, out_dir=out, seed=0,
+                       log_every=2, ckpt_every_kimg=0.006, progress=False, lr_decay_start=0.3, z_dim=mc.z_dim,
+                       ckpt_meta={"model_cfg": dataclasses.asdict(mc), "train_cfg": dataclasses.asdict(tc)})
+
+    ref, mc, tc = _real_step(0)
+    trainer(ref, tmp_path / "ref", mc, tc).fit()
+
+    a, _, _ = _real_step(0)
+
+    def stop(tr):
+        if tr.step_idx == 4:
+            raise Interrupt()
+
+    with pytest.raises(Interrupt):
+        trainer(a, tmp_path / "run", mc, tc).fit(_after_step=stop)
+    b, _, _ = _real_step(7)  # different init: everything must come from the checkpoint
+    torch.manual_seed(99)
+    m = trainer(b, tmp_path / "run", mc, tc).fit(resume=True)
+    assert m["steps"] == 6 and b.step_count == 6
+    wr, wb = model_weights(ref), model_weights(b)
+    for k in ("G", "E", "D", "G_ema", "E_ema"):
+        for (n, x), (_, y) in zip(wr[k].state_dict().items(), wb[k].state_dict().items()):
+            assert torch.equal(x, y), f"{k}.{n}"
+    # the checkpoint is what eval loads
+    G, E, cfg, extras = load_models(m["checkpoint"], "cpu", ema=True)
+    assert cfg == mc and extras["stage"] == "3" and extras["step"] == 6
+    for (n, x), (_, y) in zip(G.state_dict().items(), wr["G_ema"].state_dict().items()):
+        assert torch.equal(x, y), n
