@@ -123,6 +123,7 @@ class DemoResult:
     size: int
     weights: str
     layers: str
+    arch: str
     device: str
     dim: int
     accuracy: float  # nearest neighbour has the same style
@@ -210,7 +211,8 @@ def run_demo(*, per_style: int = 4, size: int = 64, n_palettes: int = 3, n_textu
     ratio = (d[same].mean() / d[diff].mean().clamp_min(1e-30)).item()
     per_style_acc = {name: hit[lab == s].double().mean().item() for s, name in enumerate(names)}
     return DemoResult(
-        n_images=n, n_styles=len(names), size=size, weights=str(weights), layers=str(layers), device=str(dev),
+        n_images=n, n_styles=len(names), size=size, weights=str(weights), layers=str(layers), arch=net.arch,
+        device=str(dev),
         dim=int(vectors.shape[1]), accuracy=hit.double().mean().item(), chance=(per_style - 1) / (n - 1),
         precision_at_k=prec, intra_inter_ratio=ratio, per_style_accuracy=per_style_acc,
         nearest=nearest.tolist(), labels=lab.tolist(), style_names=names, timings=timings,
@@ -220,7 +222,7 @@ def run_demo(*, per_style: int = 4, size: int = 64, n_palettes: int = 3, n_textu
 def format_report(r: DemoResult, *, per_image: bool = True) -> str:
     """The demo's printed report: per-image nearest neighbours, per-style and overall accuracy."""
     lines = [f"fastep demo: {r.n_images} generated {r.size}x{r.size} images in {r.n_styles} styles "
-             f"(palette/texture), VGG16 style features ({r.layers}, weights={r.weights}), D={r.dim:,}, "
+             f"(palette/texture), {r.arch.upper()} style features ({r.layers}, weights={r.weights}), D={r.dim:,}, "
              f"device={r.device}"]
     if per_image:
         lines.append("")
@@ -265,12 +267,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    r = run_demo(per_style=args.per_style, size=args.size, n_palettes=args.palettes, n_textures=args.textures,
-                 seed=args.seed, weights=args.weights, layers=args.layers, device=args.device,
-                 batch_size=args.batch_size, weight_seed=args.weight_seed,
-                 autocast_dtype=torch.bfloat16 if args.bf16 else None, keep_distances=True)
+    import sys
+
+    try:
+        r = _run_from_args(args)
+    except (FileNotFoundError, ValueError) as err:  # missing ImageNet weights, bad options
+        print(f"fastep demo: {err}", file=sys.stderr)
+        return 2
     print(format_report(r, per_image=not args.summary))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(asdict(r), f, indent=1)
     return 0
+
+
+def _run_from_args(args: argparse.Namespace) -> DemoResult:
+    return run_demo(per_style=args.per_style, size=args.size, n_palettes=args.palettes, n_textures=args.textures,
+                    seed=args.seed, weights=args.weights, layers=args.layers, device=args.device,
+                    batch_size=args.batch_size, weight_seed=args.weight_seed,
+                    autocast_dtype=torch.bfloat16 if args.bf16 else None, keep_distances=True)

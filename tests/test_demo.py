@@ -66,3 +66,13 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys):
     data = json.loads(out.read_text())
     assert data["n_images"] == 8 and len(data["nearest"]) == 8 and data["weights"] == "random"
     assert 0.0 <= data["accuracy"] <= 1.0 and "features_s" in data["timings"]
+
+
+def test_cli_missing_imagenet_weights_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from fastep.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("FASTEP_WEIGHTS_DIR", raising=False)
+    assert main(["demo", "--weights", "imagenet"]) == 2
+    err = capsys.readouterr().err
+    assert "vgg16-397923af.pth" in err and "https://download.pytorch.org/models/vgg16-397923af.pth" in err
