@@ -150,3 +150,15 @@ def test_bad_inputs(net):
         style_features(x, net=net, output="vectors", layer_weights=[1.0])
     with pytest.raises(TypeError, match="net"):
         style_features(x, net=3)
+
+
+@pytest.mark.cuda
+def test_cuda_vectors_match_cpu(net):
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    ref = style_features(x, net=net, output="vectors")
+    net_cuda = VGGFeatures("vgg16", LAYERS, weights=random_state_dict("vgg16", seed=2), channels_last=True).cuda()
+    v = style_features(x.cuda(), net=net_cuda, output="vectors", batch_size=4)
+    assert v.device.type == "cuda"
+    assert ((v.cpu() - ref).norm() / ref.norm()).item() < 1e-2  # TF32 convs allowed
+    vb = style_features(x.cuda(), net=net_cuda, output="vectors", autocast_dtype=torch.bfloat16)
+    assert vb.dtype == torch.float32 and ((vb.cpu() - ref).norm() / ref.norm()).item() < 5e-2

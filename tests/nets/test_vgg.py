@@ -201,3 +201,20 @@ def test_bad_construction():
         VGGFeatures("vgg11", weights="random")
     with pytest.raises(ValueError, match="input_range"):
         VGGFeatures(weights="random", input_range="0-255")
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu_fp32_and_bf16_autocast():
+    names = list(LAYER_PRESETS["vgg16"][1])
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    ref = VGGFeatures("vgg16", names, weights=_sd("vgg16"))(x)
+    net = VGGFeatures("vgg16", names, weights=_sd("vgg16"), channels_last=True).cuda()
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # exact fp32 convs
+        outs = net(x.cuda())
+    for o, r in zip(outs, ref):
+        torch.testing.assert_close(o.cpu(), r, rtol=1e-3, atol=1e-3 * r.abs().max().item())
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        outs = net(x.cuda())
+    for o, r in zip(outs, ref):
+        assert o.dtype == torch.bfloat16
+        assert ((o.float().cpu() - r).norm() / r.norm()).item() < 5e-2
