@@ -93,3 +93,15 @@ def test_sample_codes_from_stats():
         sample_codes(3, stats=(mu, sigma[:2]))
     with pytest.raises(ValueError, match="epochs"):
         MapperConfig(epochs=0)
+
+
+@pytest.mark.cuda
+def test_mapper_trains_on_cuda():
+    g = torch.Generator().manual_seed(0)
+    codes = (torch.randn(256, 8, generator=g) * 0.2 + 1.5).cuda()
+    m = train_mapper(codes, MapperConfig(epochs=20, decay_every=10, batch_size=32), "cuda")
+    assert next(m.parameters()).is_cuda
+    assert m.history["match_dist"][-1] < 0.5 * m.history["match_dist"][0]
+    assert sample_codes(5, mapper=m).device.type == "cuda"
+    mu, sigma = fit_code_stats(codes)
+    assert mu.is_cuda and sample_codes(5, stats=(mu, sigma)).is_cuda

@@ -161,3 +161,19 @@ def test_mined_neighbours_drive_training(builtin32):
     assert not torch.equal(trips, resample_triplets(nb, 1, seed=0))
     hist = train_encoder_stage1(TinyEncoder(), imgs, nb, cfg, "cpu", progress=False)
     assert hist["steps"] == 6 and np.isfinite(hist["loss"]).all()
+
+
+@pytest.mark.cuda
+def test_stage1_on_cuda_bf16_matches_cpu_behaviour():
+    imgs, labels = _colour_images(48, 0)
+    trips = _class_triplets(labels, 2, 0)
+    torch.manual_seed(0)
+    enc = TinyEncoder()
+    hist = train_encoder_stage1(enc, imgs, trips, Stage1Config(steps=60, batch_size=12, log_every=10), "cuda",
+                                progress=False)
+    assert next(enc.parameters()).is_cuda and np.isfinite(hist["loss"]).all()
+    assert np.mean(hist["loss"][-2:]) < np.mean(hist["loss"][:1])
+    hist_c = train_encoder_stage1(TinyEncoder().cuda(), imgs, trips,
+                                  Stage1Config(steps=8, batch_size=12, compile=True, log_every=4), "cuda",
+                                  progress=False)
+    assert hist_c["steps"] == 8 and np.isfinite(hist_c["loss"]).all()
