@@ -24,6 +24,7 @@ G/E update per call, EMA included, returning detached loss tensors without a hos
 """
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -76,6 +77,11 @@ def is_main_process() -> bool:
     return dist_info()[0] == 0
 
 
+# Rank 0 alone runs stage 1 (mining + triplet training) and the mapper while the others wait at
+# a barrier: give collectives far more than the default 10 minutes.
+_DIST_TIMEOUT = datetime.timedelta(hours=6)
+
+
 def init_distributed(device: Union[str, torch.device, None] = None) -> Tuple[torch.device, int, int]:
     """Initialise torch.distributed from torchrun's environment (no-op without it).
 
@@ -94,9 +100,9 @@ def init_distributed(device: Union[str, torch.device, None] = None) -> Tuple[tor
             local_rank = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local_rank)
             device = torch.device("cuda", local_rank)
-            dist.init_process_group("nccl", device_id=device)
+            dist.init_process_group("nccl", device_id=device, timeout=_DIST_TIMEOUT)
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", timeout=_DIST_TIMEOUT)
     elif device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     return device, dist.get_rank(), dist.get_world_size()
@@ -407,7 +413,8 @@ class Trainer:
         self.pos = 0  # batches of this epoch already consumed
         self.history: List[Dict[str, Any]] = []
         self.last_ckpt: Optional[str] = None
-        self._pending: List[Dict[str, torch.Tensor]] = []
+        self._pending: List[torch.Tensor] = []
+        self._names: Optional[List[str]] = None
         self._pending_start = 0
         self._lr_scale: Optional[float] = None
         self._grid_batch = None
@@ -429,13 +436,19 @@ class Trainer:
                 self.step.set_lr_scale(s)
             self._lr_scale = s
 
+    def _row(self, losses: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The step's losses as one new [k] tensor on the device (a copy: safe even when the step
+        returns CUDA-graph output buffers that the next replay overwrites); no host sync."""
+        if self._names is None:
+            self._names = sorted(losses)
+        return torch.stack([losses[k].detach().float().reshape(()) for k in self._names])
+
     def _flush(self) -> Optional[Dict[str, float]]:
         """One host sync: check every pending loss for NaN/inf (all ranks agree) and average."""
         if not self._pending:
             return None
-        names = sorted(self._pending[0].keys())
-        vals = torch.stack([torch.stack([d[k].detach().float().reshape(()) for k in names])
-                            for d in self._pending])  # [n, k]
+        names = self._names
+        vals = torch.stack(self._pending)  # [n, k]
         if self.world > 1:
             vals = vals.to(self.device)
             dist.all_reduce(vals)  # a NaN on any rank reaches every rank
@@ -600,7 +613,7 @@ class Trainer:
                     B = B.to(self.device, non_blocking=True)
                     self._set_lr()
                     losses = self.step(A, B)
-                    self._pending.append(losses)
+                    self._pending.append(self._row(losses))
                     self.step_idx += 1
                     self.pos += 1
                     if self.pos >= self.batches_per_epoch:
