@@ -630,7 +630,7 @@ class Trainer:
                             last_t, last_step = now, self.step_idx
                             if bar is not None:
                                 bar.n = round(self.kimg_at(self.step_idx), 3)
-                                bar.set_postfix_str(f"{rate:.3f} kimg/s " + " ".join(
+                                bar.set_postfix_str(f"{rate:.3g} kimg/s " + " ".join(
                                     f"{k}={v:.4g}" for k, v in logged.items()), refresh=True)
                             self.tb.scalars({"kimg_per_s": rate}, self.step_idx, prefix=f"stage{self.stage}/")
                     if self.image_every and (self.step_idx % self.image_every == 0 or done):
