@@ -165,3 +165,92 @@ def lpips_distance_backward_reference(grad, f0s, f1s, lin_weights, eps=1e-10, ne
             cb = _red_torch.where(nb > 0, (q * b).sum(1, keepdim=True) * ib * ib / nb.clamp_min(1e-300), 0.0)
             g1s.append((b * cb - q * ib).to(f1.dtype))
     return g0s, g1s
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact neighbour mining (engineer C; fastep.ops.mining).  Brute force: the definition the tests
+# compare against (in float64) and the eager "chunked cdist + topk" baseline of the benchmarks.
+# ---------------------------------------------------------------------------------------------
+import torch as _mine_torch  # noqa: E402
+
+
+def _mine_lexsort(d, idx, descending):
+    """Sort each row by distance (descending for the far end), ties by ascending index."""
+    order = _mine_torch.argsort(idx, dim=1, stable=True)
+    d, idx = d.gather(1, order), idx.gather(1, order)
+    order = _mine_torch.sort(d, dim=1, descending=descending, stable=True).indices
+    return d.gather(1, order), idx.gather(1, order)
+
+
+def mine_neighbours_reference(x, k_near=5, k_far=13, block=256):
+    """Float64 brute force: for every row of x [N, D] the k_near nearest and k_far furthest other
+    rows under |x_i - x_j|^2 (computed directly from the differences, in float64), ties broken by
+    the smaller index.  Returns (near_idx, near_dist, far_idx, far_dist)."""
+    x = x.to(_mine_torch.float64)
+    n = x.shape[0]
+    near_i, near_d, far_i, far_d = [], [], [], []
+    cols = _mine_torch.arange(n, device=x.device)
+    for s in range(0, n, block):
+        xb = x[s:s + block]
+        d = (xb[:, None, :] - x[None, :, :]).square().sum(-1) if x.shape[1] * n * xb.shape[0] <= 2**26 \
+            else _mine_torch.stack([(x - r).square().sum(-1) for r in xb])
+        idx = cols.expand(xb.shape[0], n)
+        rows = _mine_torch.arange(s, s + xb.shape[0], device=x.device)[:, None]
+        keep = idx != rows
+        d = d[keep].reshape(xb.shape[0], n - 1)
+        idx = idx[keep].reshape(xb.shape[0], n - 1)
+        dn, inn = _mine_lexsort(d, idx, descending=False)
+        df, inf = _mine_lexsort(d, idx, descending=True)
+        near_d.append(dn[:, :k_near]); near_i.append(inn[:, :k_near])
+        far_d.append(df[:, :k_far]); far_i.append(inf[:, :k_far])
+    return (_mine_torch.cat(near_i), _mine_torch.cat(near_d), _mine_torch.cat(far_i),
+            _mine_torch.cat(far_d))
+
+
+def topk_update_reference(tile, row_sq, col_sq, row_start, col_start, near_d, near_i, far_d, far_i,
+                          transpose=False):
+    """Plain-PyTorch version of fastep_C::topk_update_ (in place on the four lists)."""
+    if transpose:
+        tile, row_sq, col_sq = tile.t(), col_sq, row_sq
+        row_start, col_start = col_start, row_start
+    if row_sq is not None:
+        d = (row_sq.double()[:, None] + col_sq.double()[None, :] - 2 * tile.double()).clamp_min(0)
+    else:
+        d = tile.double()
+    d = d.float()
+    r, c = d.shape
+    rows = _mine_torch.arange(row_start, row_start + r, device=d.device)
+    idx = _mine_torch.arange(col_start, col_start + c, device=d.device).expand(r, c)
+    self_mask = idx == rows[:, None]
+    for dl, il, desc in ((near_d, near_i, False), (far_d, far_i, True)):
+        k = dl.shape[1]
+        if k == 0:
+            continue
+        fill = float("-inf") if desc else float("inf")
+        dd = _mine_torch.cat([dl[row_start:row_start + r], d.masked_fill(self_mask, fill)], 1)
+        ii = _mine_torch.cat([il[row_start:row_start + r],
+                              idx.masked_fill(self_mask, _mine_torch.iinfo(_mine_torch.int64).max)], 1)
+        ds, is_ = _mine_lexsort(dd, ii, descending=desc)
+        dl[row_start:row_start + r] = ds[:, :k]
+        il[row_start:row_start + r] = is_[:, :k]
+
+
+def pair_sqdist_reference(x, y, i, j):
+    """sum_k (x[i_p, k] - y[j_p, k])^2 in float64 for every pair p."""
+    return (x[i].double() - y[j].double()).square().sum(-1)
+
+
+def cdist_topk_baseline(x, k_near=5, k_far=13, block=1024):
+    """The eager baseline: chunked torch.cdist + topk of both ends (self excluded), same dtype as x."""
+    n = x.shape[0]
+    out = [[], [], [], []]
+    for s in range(0, n, block):
+        d = _mine_torch.cdist(x[s:s + block], x).square_()
+        r = _mine_torch.arange(d.shape[0], device=x.device)
+        d[r, r + s] = float("inf")
+        dn, inn = _mine_torch.topk(d, k_near, dim=1, largest=False)
+        d[r, r + s] = float("-inf")
+        df, inf = _mine_torch.topk(d, k_far, dim=1, largest=True)
+        for lst, v in zip(out, (inn, dn, inf, df)):
+            lst.append(v)
+    return tuple(_mine_torch.cat(v) for v in out)
