@@ -270,11 +270,12 @@ def _hw_strides(f: torch.Tensor):
 def gram_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, scale: Optional[float] = None,
                 out_dtype: Optional[torch.dtype] = None, split_k: Optional[int] = None,
                 block_m: Optional[int] = None, block_k: Optional[int] = None,
-                autotune: Optional[bool] = None) -> torch.Tensor:
+                autotune: Optional[bool] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """scale * (X X^T - Y Y^T) per image (Y optional) of (N, C, H, W) features -> (N, C, C).
 
     ``scale`` defaults to 1 / (C H W); ``out_dtype`` to x's dtype (float32 accumulation always).
-    Any strides.  ``split_k``/``block_m``/``block_k``/``autotune`` override the heuristics (tests).
+    Any strides.  ``out``: an (N, C, C) tensor to write into (any strides; its dtype wins).
+    ``split_k``/``block_m``/``block_k``/``autotune`` override the heuristics (tests).
     """
     _check(x, "x")
     if x.dim() != 4:
@@ -287,6 +288,10 @@ def gram_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, scale: Opt
     n, c, h, w = x.shape
     k = h * w
     scale = 1.0 / (c * h * w) if scale is None else float(scale)
+    if out is not None:
+        if out.shape != (n, c, c) or out.device != x.device:
+            raise ValueError(f"out: expected shape {(n, c, c)} on {x.device}, got {tuple(out.shape)} on {out.device}")
+        out_dtype = out.dtype
     out_dtype = out_dtype or x.dtype
     if INTERPRET:
         bm = block_m or (16 if c <= 16 else 32)
@@ -305,7 +310,8 @@ def gram_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, scale: Opt
         split = max(1, min(int(split_k), k))
         chunk = -(-k // split)
         split = -(-k // chunk)
-    out = torch.empty((n, c, c), dtype=out_dtype, device=x.device)
+    if out is None:
+        out = torch.empty((n, c, c), dtype=out_dtype, device=x.device)
     if split > 1:
         target = torch.empty((split, n, c, c), dtype=torch.float32, device=x.device)
     else:
@@ -332,7 +338,10 @@ def gram_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, scale: Opt
     else:
         _gram_kernel[grid](*args, **meta, BLOCK_K=bk, num_warps=4, num_stages=3 if not INTERPRET else 1)
     if split > 1:
-        torch.sum(target, dim=0, out=out) if out_dtype == torch.float32 else out.copy_(target.sum(0))
+        if out_dtype == torch.float32:
+            torch.sum(target, dim=0, out=out)
+        else:
+            out.copy_(target.sum(0))
     return out
 
 

@@ -307,6 +307,140 @@ def _layer_diffs(feats_x, feats_y, target_grams) -> List[Tensor]:
     return [_gram_diff_op(a, None, t) for a, t in zip(fx, tg)]
 
 
+# ----------------------------------------------------------------------------------------------
+# fastep::style_loss  (all layers in one op: one fused Gram-difference kernel per layer, the
+# differences kept in one flat float32 buffer for the backward, one GEMM per input in backward)
+# ----------------------------------------------------------------------------------------------
+
+def _gram_diff_into(out: Tensor, x: Tensor, y: Optional[Tensor], target: Optional[Tensor]) -> None:
+    """out[:] = G(x) - G(y)  (or G(x) - target), accumulated in out's dtype (float32/64)."""
+    acc = out.dtype
+    if _use_triton("gram_diff", x):
+        kg = _kernels()
+        if y is not None and y.shape == x.shape and y.dtype == x.dtype:
+            kg.gram_launch(x, y, out=out)
+            return
+        kg.gram_launch(x, out=out)
+        if y is not None:
+            gy = kg.gram_launch(y, out_dtype=acc) if y.dtype in _TRITON_DTYPES else _ref.gram_reference(y, acc)
+            out.sub_(gy)
+        else:
+            out.sub_(target.to(acc))
+        return
+    torch.sub(_ref.gram_reference(x, out_dtype=acc),
+              _ref.gram_reference(y, out_dtype=acc) if y is not None else target.to(acc), out=out)
+
+
+def _layer_numel(x: Tensor) -> int:
+    return x.shape[0] * x.shape[1] * x.shape[1]
+
+
+def _layer_views(flat: Tensor, xs: Sequence[Tensor]) -> List[Tensor]:
+    views, off = [], 0
+    for x in xs:
+        n, c = x.shape[:2]
+        views.append(flat[off:off + n * c * c].view(n, c, c))
+        off += n * c * c
+    return views
+
+
+@torch.library.custom_op("fastep::style_loss", mutates_args=())
+def _style_loss_op(xs: List[Tensor], ys: List[Optional[Tensor]], targets: List[Optional[Tensor]],
+                   weights: List[float]) -> tuple[Tensor, Tensor]:
+    """-> (loss, flat buffer of the per-layer G(x) - G(y), kept for the backward)."""
+    acc = _acc_dtype(xs[0].dtype)
+    flat = torch.empty(sum(_layer_numel(x) for x in xs), dtype=acc, device=xs[0].device)
+    views = _layer_views(flat, xs)
+    for l, (x, view) in enumerate(zip(xs, views)):
+        _gram_diff_into(view, x, ys[l] if ys else None, targets[l] if targets else None)
+    coefs = [w / _layer_numel(x) for w, x in zip(weights, xs)]
+    if flat.is_cuda and hasattr(torch, "_foreach_norm"):
+        norms = torch._foreach_norm(views)                       # one launch for all layers
+        terms = torch._foreach_mul(torch._foreach_mul(norms, norms), coefs)
+        loss = torch.stack(terms).sum()
+    else:
+        loss = sum(c * torch.dot(v.reshape(-1), v.reshape(-1)) for c, v in zip(coefs, views))
+    return loss, flat
+
+
+@_style_loss_op.register_fake
+def _(xs, ys, targets, weights):
+    acc = _acc_dtype(xs[0].dtype)
+    total = sum(_layer_numel(x) for x in xs)
+    return xs[0].new_empty((), dtype=acc), xs[0].new_empty((total,), dtype=acc)
+
+
+def _style_loss_setup(ctx, inputs, output):
+    xs, ys, targets, weights = inputs
+    ctx.set_materialize_grads(False)
+    ctx.n_layers = len(xs)
+    ctx.n_ys, ctx.n_ts = len(ys), len(targets)
+    ctx.weights = list(weights)
+    ctx.y_mask = [y is not None for y in (ys or [None] * len(xs))]
+    ctx.t_info = [None if t is None else (t.shape, t.dtype) for t in (targets or [None] * len(xs))]
+    ys_saved = [y for y in (ys or []) if y is not None]
+    ctx.save_for_backward(*xs, *ys_saved, output[1])
+
+
+def _style_loss_backward(ctx, dloss, dflat):
+    saved = ctx.saved_tensors
+    nl = ctx.n_layers
+    xs = saved[:nl]
+    ys_saved = list(saved[nl:-1])
+    flat = saved[-1]
+    views = _layer_views(flat, xs)
+    dviews = _layer_views(dflat, xs) if dflat is not None else [None] * nl
+    need = ctx.needs_input_grad
+    need_x = need[0] if isinstance(need[0], (list, tuple)) else [need[0]] * nl
+    need_y = list(need[1]) + [False] * nl if isinstance(need[1], (list, tuple)) else [need[1]] * nl
+    need_t = list(need[2]) + [False] * nl if isinstance(need[2], (list, tuple)) else [need[2]] * nl
+    dxs, dys, dts = [], [], []
+    yi = 0
+    for l in range(nl):
+        x, d, w = xs[l], views[l], ctx.weights[l]
+        n, c = x.shape[:2]
+        y = None
+        if ctx.y_mask[l]:
+            y = ys_saved[yi]
+            yi += 1
+        # dL/dD = 2 w / (N C^2) * dloss * D (+ the gradient of the returned buffer, if any)
+        g = None
+        if dloss is not None:
+            g = d * dloss.to(d.dtype)
+            gscale = 2.0 * w / (n * c * c)
+        if dviews[l] is not None:
+            g = dviews[l] if g is None else g * gscale + dviews[l]
+            gscale = 1.0
+            sym = g + g.transpose(1, 2)
+        elif g is not None:
+            sym, gscale = g, 2.0 * gscale        # g is symmetric: g + g^T = 2 g
+        if g is None:
+            dxs.append(None)
+            dys.append(None)
+            dts.append(None)
+            continue
+        dx = dy = dt = None
+        if need_x[l]:
+            dx = _sym_times_features(sym, x, gscale / (c * x.shape[2] * x.shape[3]))
+        if y is not None and need_y[l]:
+            dy = _sym_times_features(sym, y, -gscale / (c * y.shape[2] * y.shape[3]))
+        if ctx.t_info[l] is not None and need_t[l]:
+            tshape, tdtype = ctx.t_info[l]
+            dt = -(sym * (0.5 * gscale))
+            if len(tshape) == 2:
+                dt = dt.sum(0)
+            elif tshape[0] == 1 and n != 1:
+                dt = dt.sum(0, keepdim=True)
+            dt = dt.to(tdtype)
+        dxs.append(dx)
+        dys.append(dy)
+        dts.append(dt)
+    return dxs, dys[:ctx.n_ys], dts[:ctx.n_ts], None
+
+
+_style_loss_op.register_autograd(_style_loss_backward, setup_context=_style_loss_setup)
+
+
 def style_loss(feats_x: Sequence[Tensor], feats_y: Optional[Sequence[Tensor]] = None,
                weights: Optional[Sequence[float]] = None, *,
                target_grams: Optional[Sequence[Tensor]] = None) -> Tensor:
@@ -322,13 +456,18 @@ def style_loss(feats_x: Sequence[Tensor], feats_y: Optional[Sequence[Tensor]] = 
     >>> loss = style_loss(vgg(x), vgg(y), weights=[1, 1, 1, 1, 1])
     >>> loss = style_loss(vgg(x), target_grams=[gram(f)[0] for f in vgg(style_image)])
     """
-    diffs = _layer_diffs(feats_x, feats_y, target_grams)
-    w = _check_weights(weights, len(diffs))
-    total = None
-    for wl, d in zip(w, diffs):
-        term = d.square().mean() * wl
-        total = term if total is None else total + term
-    return total
+    fx = _check_layers(feats_x, "feats_x")
+    if (feats_y is None) == (target_grams is None):
+        raise ValueError("feats_y / target_grams: give exactly one of them (the features of the "
+                         "other images, or their precomputed Gram matrices)")
+    w = _check_weights(weights, len(fx))
+    if target_grams is None:
+        ys: List[Optional[Tensor]] = list(_pair_layers(fx, feats_y))
+        ts: List[Optional[Tensor]] = []
+    else:
+        ys, ts = [], list(_check_targets(target_grams, fx))
+    loss, _ = _style_loss_op(fx, ys, ts, w)
+    return loss
 
 
 def style_distance(feats_x: Sequence[Tensor], feats_y: Sequence[Tensor],
