@@ -143,8 +143,8 @@ def resample_triplets(source, epoch: int, seed: int, n: Optional[int] = None) ->
         return out if n is None else out[: n]
     from fastep.ops import sample_triplets
 
-    t = sample_triplets(source, n=n, seed=int(seed) * 1_000_003 + int(epoch))
-    return t.cpu().long()
+    t = sample_triplets(source, n=n, seed=int(seed) * 1_000_003 + int(epoch)).cpu().long()
+    return t[torch.randperm(t.shape[0], generator=g)]  # sample_triplets lists anchors in order
 
 
 def _check_triplets(triplets, n_images: int):
@@ -297,15 +297,28 @@ def style_vectors(images_B, cfg: Optional[Stage1Config] = None, device: Union[st
     device = torch.device(device or "cpu")
     images, _ = images_tensor(images_B)
     net = get_style_net(cfg.style_layers, weights=cfg.vgg_weights, device=device)
-    out = []
     amp = torch.bfloat16 if (device.type == "cuda" and cfg.amp) else None
-    for s in range(0, images.shape[0], cfg.feature_batch_size):
+    n = images.shape[0]
+    out = None
+    for s in range(0, n, cfg.feature_batch_size):
         x = _to_model_input(images[s:s + cfg.feature_batch_size], device, False)
         if cfg.feature_resolution is not None and x.shape[-1] != cfg.feature_resolution:
             x = F.interpolate(x, size=(cfg.feature_resolution,) * 2, mode="bilinear", align_corners=False,
                               antialias=True)
-        out.append(style_features(x, net=net, output="vectors", out_dtype=out_dtype, autocast_dtype=amp))
-    return torch.cat(out)
+        v = style_features(x, net=net, output="vectors", out_dtype=out_dtype, autocast_dtype=amp)
+        if out is None:
+            # all N x D vectors: on the device when they take < 1/4 of its free memory, else in
+            # pinned host memory (mine_neighbours streams them to the device in blocks)
+            nbytes = n * v.shape[1] * v.element_size()
+            where = device
+            if device.type == "cuda" and nbytes > torch.cuda.mem_get_info(device)[0] // 4:
+                where = torch.device("cpu")
+            out = torch.empty(n, v.shape[1], dtype=v.dtype, device=where,
+                              pin_memory=where.type == "cpu" and device.type == "cuda")
+        out[s:s + v.shape[0]].copy_(v, non_blocking=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out
 
 
 def mine_triplets_from_images(images_B, cfg: Optional[Stage1Config] = None,

@@ -154,8 +154,14 @@ def test_mined_neighbours_drive_training(builtin32):
     nb = mine_triplets_from_images(imgs, cfg, "cpu")
     assert nb.near_idx.shape == (48, 3) and nb.far_idx.shape == (48, 6)
     assert not (nb.near_idx == torch.arange(48)[:, None]).any()  # self excluded
+    # the style distance sees the palette: near neighbours share it far more often than chance
+    pal = torch.as_tensor(BuiltinStyles.load(builtin32).factor("train", "palette")[:48])
+    same_near = (pal[nb.near_idx] == pal[:, None]).double().mean()
+    chance = (pal[:, None] == pal[None]).double().mean()
+    assert same_near > 2 * chance, (same_near, chance)
     trips = resample_triplets(nb, 0, seed=0)
-    assert trips.shape == (48, 3)
+    assert trips.shape == (48, 3) and sorted(trips[:, 0].tolist()) == list(range(48))
+    assert not torch.equal(trips[:, 0], torch.arange(48))  # shuffled, not anchors in order
     for a, p, n in trips.tolist():
         assert p in nb.near_idx[a].tolist() and n in nb.far_idx[a].tolist()
     assert not torch.equal(trips, resample_triplets(nb, 1, seed=0))
