@@ -15,6 +15,7 @@ The Triton kernels live in the top-level ``kernels/`` folder and install as ``fa
 """
 import glob
 import os
+import shutil
 import sys
 
 from setuptools import find_packages, setup
@@ -24,6 +25,32 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _find_cuda_home(cpp_extension):
+    """A CUDA toolkit root that really holds the headers and libcudart, or None.
+
+    torch guesses CUDA_HOME from the location of ``nvcc``; where nvcc is a link in
+    /usr/local/bin, that guess is /usr/local, which has neither include/cuda_runtime_api.h nor
+    lib64/libcudart: the .cu files compile and the link fails.  So verify the guess and otherwise
+    look at the usual install locations, and tell torch what we found.
+    """
+    def is_toolkit(root):
+        return bool(root) and os.path.isfile(os.path.join(root, "include", "cuda_runtime_api.h"))
+
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cpp_extension.CUDA_HOME]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for root in candidates:
+        if is_toolkit(root):
+            root = os.path.realpath(root)
+            if cpp_extension.CUDA_HOME != root:
+                cpp_extension.CUDA_HOME = root  # read by CUDAExtension / BuildExtension
+                os.environ["CUDA_HOME"] = root
+            return root
+    return None
 
 
 def _extensions():
@@ -41,7 +68,7 @@ def _extensions():
     cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     cu_sources = sorted(glob.glob(os.path.join("csrc", "*.cu")))
     force_cuda = _env_flag("FORCE_CUDA")
-    cuda_home = cpp_extension.CUDA_HOME
+    cuda_home = _find_cuda_home(cpp_extension)
     with_cuda = force_cuda or (cuda_home is not None and torch.version.cuda is not None)
 
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
@@ -83,9 +110,16 @@ def _extensions():
                     raise
                 print(f"fastep: CUDA build of fastep._C failed ({err}); building the CPU "
                       "kernels only. Set FORCE_CUDA=1 to make this an error.", file=sys.stderr)
-            cpu = cpp_extension.CppExtension(
-                "fastep._C", cpp_sources, extra_compile_args={"cxx": cxx_flags}, **kwargs)
-            super().build_extension(cpu)
+            # Turn the same (already finalized) Extension into the CPU-only build.
+            cuda_libs = {"cudart", "c10_cuda", "torch_cuda"}
+            extension.sources = list(cpp_sources)
+            extension.define_macros = [m for m in extension.define_macros if m[0] != "FASTEP_WITH_CUDA"]
+            extension.extra_compile_args = {"cxx": list(cxx_flags)}
+            extension.libraries = [lib for lib in extension.libraries if lib not in cuda_libs]
+            extension.library_dirs = [d for d in extension.library_dirs
+                                      if not (cuda_home and os.path.realpath(d).startswith(cuda_home))]
+            extension._fastep_cuda = False
+            super().build_extension(extension)
 
     return [ext], {"build_ext": TolerantBuildExtension}
 
