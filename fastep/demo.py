@@ -77,6 +77,24 @@ def _texture(kind: str, size: int, g: torch.Generator) -> torch.Tensor:
     raise ValueError(f"texture must be one of {TEXTURES}, got {kind!r}")
 
 
+def _matched_texture(kind: str, size: int, g: torch.Generator) -> torch.Tensor:
+    """A binary texture with exactly half of the pixels set: every image then has the same
+    two-colour histogram (up to its palette jitter), so only spatial structure tells styles apart."""
+    if kind == "dots":  # many overlapping disks: threshold the distance to the nearest centre
+        yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                                indexing="ij")
+        n = max(4, size * size // 120)
+        c = torch.rand((2, n, 1, 1), generator=g) * size
+        field = -((xx - c[0]) ** 2 + (yy - c[1]) ** 2).amin(0)
+    else:
+        field = _texture(kind, size, g)
+    field = field + 1e-4 * torch.rand(field.shape, generator=g)  # break ties at random
+    order = field.flatten().argsort()
+    t = torch.zeros(size * size)
+    t[order[size * size // 2:]] = 1.0
+    return t.view(size, size)
+
+
 def _colorize(t: torch.Tensor, palette, g: torch.Generator, jitter: float) -> torch.Tensor:
     anchors = torch.tensor(palette, dtype=torch.float32)  # (3, 3): anchor x RGB
     anchors = (anchors + jitter * (torch.rand(anchors.shape, generator=g) - 0.5)).clamp(0, 1)
@@ -88,7 +106,7 @@ def _colorize(t: torch.Tensor, palette, g: torch.Generator, jitter: float) -> to
 
 
 def make_style_images(per_style: int = 4, size: int = 64, *, n_palettes: int = 3, n_textures: int = 4,
-                      seed: int = 0, jitter: float = 0.12, noise: float = 0.03
+                      seed: int = 0, jitter: float = 0.12, noise: float = 0.03, match_histograms: bool = True
                       ) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
     """Generated images with known styles, deterministic from ``seed``.
 
@@ -97,18 +115,34 @@ def make_style_images(per_style: int = 4, size: int = 64, *, n_palettes: int = 3
     (``"palette/texture"``).  Images of one style share a palette (each image jitters its
     anchors by ``jitter``) and a texture family (each image draws its own frequency, orientation,
     phase and layout); ``noise`` is per-pixel Gaussian noise.
+
+    ``match_histograms=True`` (default) makes every texture binary with exactly half of the
+    pixels in each of two palette colours, so that colour statistics (mean, colour covariance)
+    carry no texture information and a style distance has to see spatial structure to find
+    same-texture images.  ``False`` gives the free-form textures (smooth gradients, sparse dots),
+    which colour statistics alone already separate well.
     """
     if isinstance(per_style, bool) or not isinstance(per_style, int) or per_style < 2:
         raise ValueError(f"per_style must be an int >= 2 (nearest neighbours need a same-style partner), got {per_style!r}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 16:
         raise ValueError(f"size must be an int >= 16, got {size!r}")
     names = style_names(n_palettes, n_textures)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of tiny ops: threading only adds overhead (10x on a busy CPU)
+    try:
+        return _make_style_images(names, per_style, size, seed, jitter, noise, match_histograms)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _make_style_images(names, per_style, size, seed, jitter, noise, match_histograms):
     g = torch.Generator().manual_seed(int(seed))
     images, labels = [], []
     for s, name in enumerate(names):
         pal, tex = name.split("/")
         for _ in range(per_style):
-            rgb = _colorize(_texture(tex, size, g), PALETTES[pal], g, jitter)
+            t = _matched_texture(tex, size, g) if match_histograms else _texture(tex, size, g)
+            rgb = _colorize(t, PALETTES[pal], g, jitter)
             rgb = rgb + noise * torch.randn(rgb.shape, generator=g)
             images.append(rgb.clamp(0, 1) * 2 - 1)
             labels.append(s)
@@ -130,6 +164,8 @@ class DemoResult:
     chance: float  # expected accuracy of a random neighbour
     precision_at_k: float  # k = per_style - 1: fraction of same-style among the k nearest
     intra_inter_ratio: float  # mean same-style distance / mean different-style distance
+    baselines: Dict[str, float]  # nearest-neighbour accuracy of plain colour statistics
+    match_histograms: bool
     per_style_accuracy: Dict[str, float]
     nearest: List[int]
     labels: List[int]
@@ -157,7 +193,24 @@ def _tiny_net(device: torch.device):
     return VGGFeatures("vgg16", ["relu1_1"], weights="random").to(device)
 
 
+def _nn_accuracy(features: torch.Tensor, labels: torch.Tensor) -> float:
+    d = torch.cdist(features.double(), features.double())
+    d.fill_diagonal_(float("inf"))
+    return (labels[d.argmin(1)] == labels).double().mean().item()
+
+
+def colour_baselines(images: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
+    """Nearest-neighbour style accuracy of plain pixel colour statistics (what a style distance
+    should beat): the mean colour, and the mean colour plus the 3 x 3 colour Gram matrix."""
+    x = images.detach().double().cpu().flatten(2)
+    mean = x.mean(2)
+    cov = (x @ x.transpose(1, 2) / x.shape[2]).flatten(1)
+    return {"mean colour": _nn_accuracy(mean, labels),
+            "colour mean + 3x3 Gram": _nn_accuracy(torch.cat([mean, cov], 1), labels)}
+
+
 def run_demo(*, per_style: int = 4, size: int = 64, n_palettes: int = 3, n_textures: int = 4, seed: int = 0,
+             match_histograms: bool = True,
              weights: str = "random", layers: str = "vgg16", device: Optional[str] = None,
              batch_size: Optional[int] = 16, weight_seed: int = 0, autocast_dtype: Optional[torch.dtype] = None,
              keep_distances: bool = False) -> DemoResult:
@@ -170,7 +223,7 @@ def run_demo(*, per_style: int = 4, size: int = 64, n_palettes: int = 3, n_textu
     timings: Dict[str, float] = {}
     t0 = time.perf_counter()
     images, labels, names = make_style_images(per_style, size, n_palettes=n_palettes, n_textures=n_textures,
-                                              seed=seed)
+                                              seed=seed, match_histograms=match_histograms)
     images = images.to(dev)
     timings["generate_s"] = time.perf_counter() - t0
 
@@ -214,7 +267,8 @@ def run_demo(*, per_style: int = 4, size: int = 64, n_palettes: int = 3, n_textu
         n_images=n, n_styles=len(names), size=size, weights=str(weights), layers=str(layers), arch=net.arch,
         device=str(dev),
         dim=int(vectors.shape[1]), accuracy=hit.double().mean().item(), chance=(per_style - 1) / (n - 1),
-        precision_at_k=prec, intra_inter_ratio=ratio, per_style_accuracy=per_style_acc,
+        precision_at_k=prec, intra_inter_ratio=ratio, baselines=colour_baselines(images, lab),
+        match_histograms=bool(match_histograms), per_style_accuracy=per_style_acc,
         nearest=nearest.tolist(), labels=lab.tolist(), style_names=names, timings=timings,
         backends=_backends(dev), distances=d.tolist() if keep_distances else None)
 
@@ -222,8 +276,8 @@ def run_demo(*, per_style: int = 4, size: int = 64, n_palettes: int = 3, n_textu
 def format_report(r: DemoResult, *, per_image: bool = True) -> str:
     """The demo's printed report: per-image nearest neighbours, per-style and overall accuracy."""
     lines = [f"fastep demo: {r.n_images} generated {r.size}x{r.size} images in {r.n_styles} styles "
-             f"(palette/texture), {r.arch.upper()} style features ({r.layers}, weights={r.weights}), D={r.dim:,}, "
-             f"device={r.device}"]
+             f"(palette/texture{', two-colour textures with matched colour histograms' if r.match_histograms else ''}), "
+             f"{r.arch.upper()} style features ({r.layers}, weights={r.weights}), D={r.dim:,}, device={r.device}"]
     if per_image:
         lines.append("")
         lines.append(f"{'image':>5}  {'style':<16} {'nearest':>7}  {'its style':<16} {'distance':>10}  same?")
@@ -241,6 +295,8 @@ def format_report(r: DemoResult, *, per_image: bool = True) -> str:
     k = max(1, r.n_images // r.n_styles - 1)
     lines.append(f"precision@{k}: {r.precision_at_k:.1%}; mean same-style / different-style distance: "
                  f"{r.intra_inter_ratio:.3f}")
+    lines.append("colour-statistics baselines (nearest neighbour on pixel colours, no VGG): "
+                 + ", ".join(f"{name} {acc:.1%}" for name, acc in r.baselines.items()))
     t = r.timings
     lines.append("time: " + ", ".join(f"{k[:-2]} {v:.2f} s" for k, v in t.items())
                  + f" (total {sum(t.values()):.2f} s)")
@@ -254,6 +310,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--textures", type=int, default=4, help=f"number of textures (1..{len(TEXTURES)}, default 4)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images (default 0)")
+    parser.add_argument("--match-histograms", action=argparse.BooleanOptionalAction, default=True,
+                        help="two-colour textures with identical colour histograms, so that only spatial "
+                             "structure separates textures (default on; --no-match-histograms for free-form "
+                             "textures that colour statistics already separate)")
     parser.add_argument("--weights", default="random",
                         help="VGG16 weights: random (default, seeded), imagenet (offline, torch hub cache or "
                              "$FASTEP_WEIGHTS_DIR) or a path to a torchvision-format state dict")
@@ -283,6 +343,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_from_args(args: argparse.Namespace) -> DemoResult:
     return run_demo(per_style=args.per_style, size=args.size, n_palettes=args.palettes, n_textures=args.textures,
-                    seed=args.seed, weights=args.weights, layers=args.layers, device=args.device,
+                    seed=args.seed, match_histograms=args.match_histograms, weights=args.weights, layers=args.layers, device=args.device,
                     batch_size=args.batch_size, weight_seed=args.weight_seed,
                     autocast_dtype=torch.bfloat16 if args.bf16 else None, keep_distances=True)

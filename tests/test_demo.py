@@ -22,6 +22,21 @@ def test_images_are_deterministic_and_labelled():
     assert not torch.equal(a[0], a[1])  # same style, different image
 
 
+@pytest.mark.parametrize("kind", ["stripes", "dots", "clouds", "checker"])
+def test_matched_textures_have_identical_histograms(kind):
+    from fastep.demo import _matched_texture
+
+    g = torch.Generator().manual_seed(0)
+    for size in (32, 33):
+        t = _matched_texture(kind, size, g)
+        assert set(t.unique().tolist()) <= {0.0, 1.0} and t.sum().item() == (size * size) - (size * size) // 2
+
+
+def test_free_form_textures():
+    x, lab, _ = make_style_images(per_style=2, size=32, n_palettes=1, n_textures=4, match_histograms=False)
+    assert x.shape == (8, 3, 32, 32) and x.min() >= -1 and x.max() <= 1
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="per_style"):
         make_style_images(per_style=1)
@@ -35,12 +50,16 @@ def test_bad_arguments():
 
 def test_default_demo_retrieves_same_style_well_above_chance():
     """The README claim: with seeded *random* VGG16 weights, StEP's Gram-vector style distance puts
-    a same-style image nearest for most images (48 images, 12 styles, chance = 3/47)."""
+    a same-style image nearest for most images (48 images, 12 styles, chance = 3/47), on textures
+    whose colour histograms are matched, where plain colour statistics stay near chance.
+    (Deterministic: images and weights are seeded; seeds 0-4 give 71-83 % vs baselines <= 23 %.)"""
     r = run_demo(device="cpu", keep_distances=True)
-    assert r.n_images == 48 and r.n_styles == 12 and r.dim == 305_888
+    assert r.n_images == 48 and r.n_styles == 12 and r.dim == 305_888 and r.match_histograms
     assert abs(r.chance - 3 / 47) < 1e-12
-    assert r.accuracy >= 0.75 and r.accuracy >= 10 * r.chance
-    assert r.precision_at_k >= 0.6
+    assert r.accuracy >= 0.6 and r.accuracy >= 8 * r.chance
+    assert r.accuracy >= max(r.baselines.values()) + 0.4
+    assert max(r.baselines.values()) <= 0.35
+    assert r.precision_at_k >= 0.45
     assert r.intra_inter_ratio < 0.3
     d = torch.tensor(r.distances)
     assert torch.equal(d.diagonal(), torch.zeros(48, dtype=d.dtype))
@@ -61,7 +80,7 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys):
         runpy.run_module("fastep", run_name="__main__", alter_sys=True)
     assert info.value.code == 0
     text = capsys.readouterr().out
-    assert "retrieval accuracy" in text and "chance" in text and "backends:" in text
+    assert "retrieval accuracy" in text and "chance" in text and "backends:" in text and "baselines" in text
     assert text.count("sunset/stripes") >= 2  # the per-image table
     data = json.loads(out.read_text())
     assert data["n_images"] == 8 and len(data["nearest"]) == 8 and data["weights"] == "random"
