@@ -36,8 +36,9 @@ class VGGLoss(nn.Module):
     """pix2pixHD's VGGLoss, verbatim in structure (slices, weights, criterion, detached target),
     fed ImageNet-normalised images like fastep's VGGFeatures."""
 
-    def __init__(self, net, criterion):
+    def __init__(self, net, criterion, normalize=True):
         super().__init__()
+        self.normalize = normalize
         arch, cuts = SLICES[net]
         f = _tv_features(arch)
         self.slices = nn.ModuleList(nn.Sequential(*[f[i] for i in range(a, b)]) for a, b in cuts)
@@ -48,7 +49,7 @@ class VGGLoss(nn.Module):
         self.register_buffer("b", ((0.5 - mean) / std).float().view(1, 3, 1, 1))
 
     def vgg(self, x):
-        h = x * self.a.to(x.dtype) + self.b.to(x.dtype)
+        h = x * self.a.to(x.dtype) + self.b.to(x.dtype) if self.normalize else x
         out = []
         for s in self.slices:
             h = s(h)
@@ -112,6 +113,14 @@ def test_perceptual_matches_pix2pixhd_vggloss(nets, net, distance):
     p32.backward()
     torch.testing.assert_close(out, p32, rtol=2e-5, atol=1e-7)
     _close_grad(xf.grad, xp.grad, tol)
+
+
+def test_perceptual_raw_input_is_pix2pixhd_verbatim():
+    """pix2pixHD feeds [-1, 1] images to VGG19 unnormalised: input_range="imagenet_normalized"."""
+    fast = L.PerceptualLoss("pix2pixhd", backbone_weights="random", seed=SEED, input_range="imagenet_normalized")
+    plain = VGGLoss("pix2pixhd", nn.L1Loss(), normalize=False)
+    x, y = _images(), _images()
+    torch.testing.assert_close(fast(x, y), plain(x, y), rtol=2e-5, atol=1e-7)
 
 
 def test_perceptual_float64_exact(nets):
