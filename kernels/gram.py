@@ -11,11 +11,14 @@ TF32 is allowed, exactly like ``torch.matmul``):
                       of two Grams is produced without either Gram ever being written.  Arbitrary
                       strides (channels_last, slices, permutes): the reduction index k = h*W + w is
                       turned into an offset with the tensor's own strides.
-``_pdist_kernel``     one program = one (BM x BN) tile of clamp(|x|^2 + |y|^2 - 2 x.y, 0) over one
-                      split of D; the squared norms are accumulated from the very tiles the dot
-                      product loads (no extra pass over the data).  ``SYM`` (y is x) computes only
-                      the upper-triangle tiles, mirror-writes, and zeroes the diagonal exactly.
-``_pdist_finish_kernel``  the split-K reduction and distance epilogue when D was split.
+``_pdist_kernel``     one program = one (BM x BN) tile of the dot products x_i . y_j over one split
+                      of D (partial sums into a workspace, or straight into the output when D is
+                      not split), plus the squared norms: for the cross distance the programs of
+                      tile column/row 0 accumulate them from the tiles they load anyway (no extra
+                      pass over the data); for the self-distance (``SYM``) only the upper-triangle
+                      tiles run and the norms are the diagonal of the dot products themselves.
+``_pdist_finish_kernel``  sums the splits and applies the epilogue
+                      clamp(|x|^2 + |y|^2 - 2 x.y, 0) (diagonal exactly 0 for SYM), in place.
 
 Launchers: :func:`gram_launch`, :func:`pairwise_launch`.  They accept CUDA tensors, or CPU
 tensors under ``TRITON_INTERPRET=1`` (autotuning is off there).
@@ -23,8 +26,8 @@ tensors under ``TRITON_INTERPRET=1`` (autotuning is off there).
 from __future__ import annotations
 
 import functools
-import math
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -33,8 +36,13 @@ import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# PREC constexpr: how tl.dot treats its operands.
-PREC_NATIVE, PREC_TF32, PREC_IEEE = 0, 1, 2
+# PREC constexpr: how tl.dot treats its operands.  float32 operands default to "tf32x3" (three
+# TF32 tensor-core products per multiply-add: hi*hi + hi*lo + lo*hi, ~2^-21 relative error per
+# product, i.e. float32-level results at about 2-3x the speed of IEEE FMAs on an H100); set
+# FASTEP_FP32_DOT=ieee for plain FMAs.  torch.set_float32_matmul_precision("high"/"medium") means
+# plain TF32, as for torch.matmul.
+PREC_NATIVE, PREC_TF32, PREC_IEEE, PREC_TF32X3 = 0, 1, 2, 3
+_TF32X3_BROKEN = False  # set when this Triton cannot compile tf32x3 (falls back to IEEE)
 
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -45,6 +53,8 @@ def _dot(a, b, acc, PREC: tl.constexpr):
         acc = tl.dot(a, b, acc, input_precision="tf32")
     elif PREC == 2:
         acc = tl.dot(a, b, acc, input_precision="ieee")
+    elif PREC == 3:
+        acc = tl.dot(a, b, acc, input_precision="tf32x3")
     else:
         acc = tl.dot(a, b, acc)
     return acc
@@ -112,10 +122,17 @@ def _gram_kernel(X, Y, OUT, C, W, K, K_SPLIT, scale,
 
 
 @triton.jit
-def _pdist_kernel(X, Y, OUT, NXW, NYW, M, N, K, K_SPLIT, TILES_N,
-                  sxm, sxk, sym, syk, sos, som, son, snxs, snys,
-                  SYM: tl.constexpr, PARTIAL: tl.constexpr, PREC: tl.constexpr,
+def _pdist_kernel(X, Y, WS, NXW, NYW, M, N, K, K_SPLIT, TILES_N,
+                  sxm, sxk, sym, syk, sws, swm, swn, snxs, snys,
+                  SYM: tl.constexpr, PREC: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Partial (one K split) dot products x_i . y_j of one tile, plus the partial squared norms.
+
+    SYM (y is x): only tiles pm <= pn run; the norms are the diagonal of the diagonal tiles'
+    dot products (so d_ii is exactly 0 and the norms are consistent with the dots).  Otherwise the
+    programs of tile column 0 accumulate |x_i|^2 and those of tile row 0 |y_j|^2 from the tiles
+    they load anyway (no extra pass over the data, no extra work in the other programs).
+    """
     pid = tl.program_id(0)
     s = tl.program_id(1)
     if SYM:
@@ -141,31 +158,26 @@ def _pdist_kernel(X, Y, OUT, NXW, NYW, M, N, K, K_SPLIT, TILES_N,
         a = tl.load(xrow + k[None, :] * sxk, mask=mask_m[:, None] & mk[None, :], other=0.0)
         b = tl.load(yrow + k[:, None] * syk, mask=mask_n[None, :] & mk[:, None], other=0.0)
         acc = _dot(a, b, acc, PREC)
-        af = a.to(tl.float32)
-        bf = b.to(tl.float32)
-        nx += tl.sum(af * af, axis=1)
-        ny += tl.sum(bf * bf, axis=0)
+        if not SYM:
+            if pn == 0:
+                af = a.to(tl.float32)
+                nx += tl.sum(af * af, axis=1)
+            if pm == 0:
+                bf = b.to(tl.float32)
+                ny += tl.sum(bf * bf, axis=0)
     mask = mask_m[:, None] & mask_n[None, :]
+    wb = WS + s.to(tl.int64) * sws
     if SYM:
-        # exact symmetry: on diagonal tiles use one norm vector and mirror the upper half
-        ny = tl.where(pm == pn, nx, ny)
+        diag = rm[:, None] == rn[None, :]
+        # exact symmetry of the diagonal tiles (no-op on the others)
         acc = tl.where(rm[:, None] <= rn[None, :], acc, tl.trans(acc))
-    if PARTIAL:
-        ob = OUT + s.to(tl.int64) * sos
-        tl.store(ob + rm[:, None] * som + rn[None, :] * son, acc, mask=mask)
-        if SYM:
-            tl.store(ob + rn[None, :] * som + rm[:, None] * son, acc, mask=mask & (pm < pn))
-            tl.store(NXW + s * snxs + rm, nx, mask=mask_m & (pm == pn))
-        else:
-            tl.store(NXW + s * snxs + rm, nx, mask=mask_m & (pn == 0))
-            tl.store(NYW + s * snys + rn, ny, mask=mask_n & (pm == 0))
+        tl.store(wb + rn[None, :] * swm + rm[:, None] * swn, acc, mask=mask & (pm < pn))
+        nx = tl.sum(tl.where(diag, acc, 0.0), axis=1)
+        tl.store(NXW + s * snxs + rm, nx, mask=mask_m & (pm == pn))
     else:
-        d = nx[:, None] + ny[None, :] - 2.0 * acc
-        d = tl.maximum(d, 0.0)
-        if SYM:
-            d = tl.where(rm[:, None] == rn[None, :], 0.0, d)
-            tl.store(OUT + rn[None, :] * som + rm[:, None] * son, d, mask=mask & (pm < pn))
-        tl.store(OUT + rm[:, None] * som + rn[None, :] * son, d, mask=mask)
+        tl.store(NXW + s * snxs + rm, nx, mask=mask_m & (pn == 0))
+        tl.store(NYW + s * snys + rn, ny, mask=mask_n & (pm == 0))
+    tl.store(wb + rm[:, None] * swm + rn[None, :] * swn, acc, mask=mask)
 
 
 @triton.jit
@@ -210,7 +222,7 @@ else:
     _pdist_kernel_tuned = triton.autotune(
         configs=_configs((32, 64)) + [triton.Config({"BLOCK_K": 128}, num_warps=8, num_stages=3),
                                       triton.Config({"BLOCK_K": 32}, num_warps=4, num_stages=2)],
-        key=["M", "N", "K_SPLIT", "SYM", "PARTIAL", "PREC", "BLOCK_M", "BLOCK_N"],
+        key=["M", "N", "K_SPLIT", "SYM", "PREC", "BLOCK_M", "BLOCK_N"],
     )(_pdist_kernel)
 
 # Problems smaller than this many multiply-adds run a fixed config (no autotuning pass).
@@ -235,7 +247,25 @@ def _programs_target(device: torch.device) -> int:
 def _prec(dtype: torch.dtype) -> int:
     if dtype != torch.float32:
         return PREC_NATIVE
-    return PREC_IEEE if torch.get_float32_matmul_precision() == "highest" else PREC_TF32
+    if torch.get_float32_matmul_precision() != "highest":
+        return PREC_TF32
+    if _TF32X3_BROKEN or os.environ.get("FASTEP_FP32_DOT", "tf32x3").lower() == "ieee":
+        return PREC_IEEE
+    return PREC_TF32X3
+
+
+def _launch(run, prec: int) -> None:
+    """run(prec); if this Triton can't compile tf32x3, remember it and use IEEE fp32 instead."""
+    global _TF32X3_BROKEN
+    try:
+        run(prec)
+    except Exception as err:  # noqa: BLE001 - only Triton's own compile errors are retried
+        if prec != PREC_TF32X3 or not type(err).__module__.startswith("triton"):
+            raise
+        warnings.warn(f"fastep: Triton could not compile tf32x3 dots ({type(err).__name__}: {err}); "
+                      "using IEEE float32 FMAs", RuntimeWarning)
+        _TF32X3_BROKEN = True
+        run(PREC_IEEE)
 
 
 def choose_split(programs: int, k: int, target: int, min_chunk: int = 1024, align: int = 128) -> tuple[int, int]:
@@ -305,7 +335,7 @@ def gram_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, scale: Opt
     tiles = -(-c // bm)
     pairs = tiles * (tiles + 1) // 2
     if split_k is None:
-        split, chunk = choose_split(pairs * n, k, _programs_target(x.device))
+        split, chunk = choose_split(pairs * n, k, _programs_target(x.device), min_chunk=512)
     else:
         split = max(1, min(int(split_k), k))
         chunk = -(-k // split)
@@ -332,11 +362,16 @@ def gram_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, scale: Opt
     args = (x, x if y is None else y, target, c, w, k, chunk, scale,
             sxn, sxc, sxh, sxw, syn, syc, syh, syw,
             target.stride(0), target.stride(1), target.stride(2), target.stride(3))
-    meta = dict(HAS_Y=y is not None, FLAT=flat, PREC=_prec(x.dtype), BLOCK_M=bm)
-    if tune:
-        _gram_kernel_tuned[grid](*args, **meta)
-    else:
-        _gram_kernel[grid](*args, **meta, BLOCK_K=bk, num_warps=4, num_stages=3 if not INTERPRET else 1)
+    meta = dict(HAS_Y=y is not None, FLAT=flat, BLOCK_M=bm)
+
+    def run(prec):
+        if tune:
+            _gram_kernel_tuned[grid](*args, **meta, PREC=prec)
+        else:
+            _gram_kernel[grid](*args, **meta, PREC=prec, BLOCK_K=bk, num_warps=4,
+                               num_stages=3 if not INTERPRET else 1)
+
+    _launch(run, _prec(x.dtype))
     if split > 1:
         if out_dtype == torch.float32:
             torch.sum(target, dim=0, out=out)
@@ -383,30 +418,30 @@ def pairwise_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, split_
         chunk = -(-kdim // split)
         split = -(-kdim // chunk)
     out = torch.empty((m, nn_), dtype=torch.float32, device=x.device)
-    partial = split > 1
-    if partial:
-        ws = torch.empty((split, m, nn_), dtype=torch.float32, device=x.device)
-        nxw = torch.empty((split, m), dtype=torch.float32, device=x.device)
-        nyw = nxw if sym else torch.empty((split, nn_), dtype=torch.float32, device=x.device)
-    else:
-        ws = out.unsqueeze(0)
-        nxw = nyw = out  # unused
+    # dots (split, M, N) and norms: with split == 1 the dot products go straight into `out` and
+    # the epilogue below turns them into distances in place
+    ws = torch.empty((split, m, nn_), dtype=torch.float32, device=x.device) if split > 1 else out.unsqueeze(0)
+    nxw = torch.empty((split, m), dtype=torch.float32, device=x.device)
+    nyw = nxw if sym else torch.empty((split, nn_), dtype=torch.float32, device=x.device)
     grid = (programs, split)
     args = (x, yy, ws, nxw, nyw, m, nn_, kdim, chunk, tiles_n,
             x.stride(0), x.stride(1), yy.stride(0), yy.stride(1),
-            ws.stride(0), ws.stride(1), ws.stride(2),
-            nxw.stride(0) if partial else 0, nyw.stride(0) if partial else 0)
-    meta = dict(SYM=sym, PARTIAL=partial, PREC=_prec(x.dtype), BLOCK_M=bm, BLOCK_N=bn)
-    if tune:
-        _pdist_kernel_tuned[grid](*args, **meta)
-    else:
-        _pdist_kernel[grid](*args, **meta, BLOCK_K=bk, num_warps=4, num_stages=3 if not INTERPRET else 1)
-    if partial:
-        fb = 32
-        _pdist_finish_kernel[(-(-m // fb), -(-nn_ // fb))](
-            ws, nxw, nyw, out, m, nn_, split, ws.stride(0), ws.stride(1), ws.stride(2),
-            nxw.stride(0), nyw.stride(0), out.stride(0), out.stride(1),
-            SYM=sym, BLOCK_M=fb, BLOCK_N=fb, num_warps=4)
+            ws.stride(0), ws.stride(1), ws.stride(2), nxw.stride(0), nyw.stride(0))
+    meta = dict(SYM=sym, BLOCK_M=bm, BLOCK_N=bn)
+
+    def run(prec):
+        if tune:
+            _pdist_kernel_tuned[grid](*args, **meta, PREC=prec)
+        else:
+            _pdist_kernel[grid](*args, **meta, PREC=prec, BLOCK_K=bk, num_warps=4,
+                                num_stages=3 if not INTERPRET else 1)
+
+    _launch(run, _prec(x.dtype))
+    fb = 32
+    _pdist_finish_kernel[(-(-m // fb), -(-nn_ // fb))](
+        ws, nxw, nyw, out, m, nn_, split, ws.stride(0), ws.stride(1), ws.stride(2),
+        nxw.stride(0), nyw.stride(0), out.stride(0), out.stride(1),
+        SYM=sym, BLOCK_M=fb, BLOCK_N=fb, num_warps=4)
     return out
 
 
