@@ -1,0 +1,101 @@
+"""The StEP paper's training-time table as data (supplementary Table 1 / paper Table 6).
+
+Seconds per 1000 training images (time/kimg) at 256 x 256 on the authors' GPU (TensorFlow,
+a 12 GB card of that era).  ``max_batch`` is the largest batch that fitted that GPU's memory.
+fastep measures the same quantities (see benchmarks/test_bench_training.py and ``fastep bench``)
+and prints them side by side with these numbers.
+
+This module imports nothing heavy so that the CLI and the tests can load it cheaply, both as
+``benchmarks.paper`` and by file path (the ``benchmarks`` folder is not an installed package).
+"""
+from __future__ import annotations
+
+from typing import Dict, NamedTuple, Tuple
+
+
+class PaperRow(NamedTuple):
+    """One row of the paper's table."""
+
+    approach: str  #: fastep's preset name (``LossConfig.preset(approach)``)
+    label: str  #: the name printed in the paper
+    s_per_kimg_b8: float  #: time/kimg at batch 8, seconds
+    max_batch: int  #: the largest batch that fitted the authors' GPU
+    s_per_kimg_max: float  #: time/kimg at that batch, seconds
+
+
+#: The six approaches in the paper's order.
+APPROACHES: Tuple[str, ...] = ("bicycle_v1", "bicycle_v2", "ours_v1", "ours_v2", "ours_v3", "ours_v4")
+
+PAPER_TABLE: Dict[str, PaperRow] = {
+    "bicycle_v1": PaperRow("bicycle_v1", "Bicycle v1", 93.11, 12, 85.36),
+    "bicycle_v2": PaperRow("bicycle_v2", "Bicycle v2 (MUNIT-p)", 155.72, 8, 155.72),
+    "ours_v1": PaperRow("ours_v1", "Ours v1", 145.50, 8, 145.50),
+    "ours_v2": PaperRow("ours_v2", "Ours v2", 98.55, 12, 93.04),
+    "ours_v3": PaperRow("ours_v3", "Ours v3", 64.92, 16, 53.80),
+    "ours_v4": PaperRow("ours_v4", "Ours v4", 63.96, 16, 51.23),
+}
+
+#: The loss terms of each approach (paper Table 4, SPEC.md): what makes one step costlier.
+LOSS_TERMS_COLUMNS: Tuple[str, ...] = ("dir_recon", "cyc_recon", "d_dir", "d_rand_z", "z_recon",
+                                       "z_l2", "z_kl", "vae", "pretrained_e")
+LOSS_TERMS: Dict[str, Tuple[int, ...]] = {
+    "bicycle_v1": (1, 0, 1, 1, 1, 0, 1, 1, 0),
+    "bicycle_v2": (1, 1, 1, 1, 1, 0, 1, 1, 0),
+    "ours_v1": (1, 1, 1, 1, 1, 1, 0, 0, 1),
+    "ours_v2": (1, 0, 1, 1, 1, 1, 0, 0, 1),
+    "ours_v3": (1, 0, 1, 0, 0, 1, 0, 0, 1),
+    "ours_v4": (1, 0, 1, 0, 0, 0, 0, 0, 1),
+}
+
+
+def passes_per_step(approach: str) -> Dict[str, int]:
+    """Approximate network passes of one training step implied by the loss terms (forward passes
+    over the batch; G/E/VGG passes on generated images also run backward):
+    G: the reconstruction, +1 for a random-code output (D_rand_z / z_recon), +2 for the cross
+    cycle (swap codes, swap back); E: E(B), +1 to recover the random code, +2 to re-encode the
+    swapped outputs; D: real + each kind of fake, in the D update and again in the G update;
+    VGG: output and target of each perceptual term."""
+    t = dict(zip(LOSS_TERMS_COLUMNS, LOSS_TERMS[approach]))
+    rand = t["d_rand_z"] or t["z_recon"]
+    return {
+        "G": 1 + rand + 2 * t["cyc_recon"],
+        "E": 1 + t["z_recon"] + 2 * t["cyc_recon"],
+        "D": (1 + t["d_dir"] + t["d_rand_z"]) + (t["d_dir"] + t["d_rand_z"]),
+        "VGG": 2 * t["dir_recon"] + 2 * t["cyc_recon"],
+    }
+
+
+#: Resolution, batch size and memory of the paper's measurement.
+PAPER_RESOLUTION = 256
+PAPER_BATCH = 8
+#: fastep's stand-in for the authors' GPU memory when searching the max batch.
+MEMORY_CAP_GIB = 12.0
+
+#: SPEC.md's arithmetic floor: an Ours v3 / stage 3 step costs ~150 GMAC (300 GFLOP) per image;
+#: at ~790 TFLOP/s of bf16 matrix work (H100) that is ~0.38 s per 1000 images.
+FLOOR_GFLOP_PER_IMAGE = 300.0
+FLOOR_PEAK_TFLOPS = 790.0
+FLOOR_S_PER_KIMG = FLOOR_GFLOP_PER_IMAGE * 1e9 * 1000 / (FLOOR_PEAK_TFLOPS * 1e12)
+
+#: The paper's ordering claim: these are the fastest ...
+FASTEST: Tuple[str, ...] = ("ours_v3", "ours_v4")
+#: ... and these the slowest (at batch 8).
+SLOWEST: Tuple[str, ...] = ("bicycle_v2", "ours_v1")
+
+#: Issue 6's targets for fastep on an H100 at 256 x 256.
+TARGETS = {
+    "ours_v3_b8_s_per_kimg_max": 2.0,
+    "ours_v3_best_s_per_kimg_max": 1.0,
+    "speedup_b8_min": 5.0,
+}
+
+
+def paper_ordering_holds(times: Dict[str, float]) -> bool:
+    """Whether ``times`` (approach -> s/kimg) put FASTEST strictly before every other approach and
+    SLOWEST strictly after every other approach (the paper's own numbers satisfy this)."""
+    fast = [times[a] for a in FASTEST if a in times]
+    slow = [times[a] for a in SLOWEST if a in times]
+    mid = [t for a, t in times.items() if a not in FASTEST and a not in SLOWEST]
+    if not fast or not slow:
+        raise ValueError("times: needs at least one of %s and one of %s" % (FASTEST, SLOWEST))
+    return max(fast) < min(mid + slow) and min(slow) > max(mid + fast)

@@ -1,0 +1,173 @@
+"""The training-time table (StEP supplementary Table 1 / paper Table 6) as a benchmark suite.
+
+For every approach (Bicycle v1, v2, Ours v1..v4) and both implementations -- ``fastep`` (the
+fast path: torch.compile, bf16, channels_last, fused Adam, fused ops) and ``baseline`` (eager
+fp32, plain PyTorch) -- two cases:
+
+* ``b8``: one full training step (stage 3: D update + G/E update) at the fixed batch (8);
+* ``max``: the max batch under the memory cap (12 GiB on CUDA), found by an exact search
+  (fastep.bench.find_max_batch, seeded by the memory per image measured at batch 8), then timed.
+
+Each case: the first call (compilation) is timed separately, then ``warmup`` steps, then the
+``fastep_bench`` fixture times ``steps`` synchronised steps and reports the median; peak memory
+is the allocator's high-water mark of one step.  Records go to the shared summary (group
+"train_time") and, as JSON lines, to the file ``fastep bench`` turns into the side-by-side table.
+
+Run it through ``fastep bench`` (options, the table, results files).  Plain
+``pytest benchmarks/test_bench_training.py`` uses the defaults: the full suite on CUDA, the quick
+CPU mode (64 x 64, Ours v3 and Bicycle v1) otherwise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import traceback
+
+import pytest
+import torch
+
+from fastep import bench
+
+HAS_CUDA = torch.cuda.is_available()
+CFG = bench.BenchConfig.from_env(
+    bench.BenchConfig() if HAS_CUDA else bench.quick_config(approaches=["ours_v3", "bicycle_v1"]))
+
+IMPLS = ["fastep", "baseline"] if CFG.baseline else ["fastep"]
+WHICH = ["b8", "max"] if CFG.max_batch else ["b8"]
+# every batch-8 case first (the main table, and the memory per image that seeds the searches),
+# then the max-batch cases: under a time budget the batch-8 table is complete first.
+CASES = [(a, i, w) for w in WHICH for a in CFG.approaches for i in IMPLS]
+
+if CFG.results_jsonl:  # the header: environment and configuration of this run
+    with open(CFG.results_jsonl, "a") as _f:
+        _f.write(json.dumps({"kind": "header",
+                             "env": bench.env_info(CFG.device or ("cuda" if HAS_CUDA else "cpu")),
+                             "config": dataclasses.asdict(CFG)}, default=str) + "\n")
+
+# (approach, impl) -> the b8 record (its memory per image seeds the max-batch search)
+_B8 = {}
+
+#: SPEC.md: an Ours v3 / stage 3 step is about 300 GFLOP per image at 256 x 256.
+_OURS_V3_FLOP_PER_IMAGE_256 = 300e9
+
+
+def _write(record):
+    if CFG.results_jsonl:
+        with open(CFG.results_jsonl, "a") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+
+
+def _time_case(fastep_bench, device, approach, impl, which, batch, cap_bytes):
+    """Build, compile, warm up and time one case; returns the record (a dict)."""
+    cuda = device.startswith("cuda")
+    bench.reset_compiler()
+    bench.free_memory()
+    with bench.memory_cap(cap_bytes, device):
+        step = bench.make_step(approach, batch, CFG.resolution, impl, device, compile=CFG.compile,
+                               cuda_graphs=CFG.cuda_graphs, model_overrides=CFG.model_overrides,
+                               perceptual_backbone=CFG.perceptual_backbone)
+        A, B = bench.random_batch(batch, CFG.resolution, device)
+        bench.sync(device)
+        t0 = time.perf_counter()
+        step(A, B)  # compiles on the fast path
+        bench.sync(device)
+        first = time.perf_counter() - t0
+        static = peak = None
+        if cuda:
+            static = torch.cuda.memory_allocated()  # weights, grads, optimizer state at rest
+            torch.cuda.reset_peak_memory_stats()
+            step(A, B)
+            bench.sync(device)
+            peak = torch.cuda.max_memory_allocated()
+        flops = (_OURS_V3_FLOP_PER_IMAGE_256 * batch * (CFG.resolution / 256) ** 2
+                 if approach == "ours_v3" else None)
+        rec = fastep_bench(lambda: step(A, B), group="train_time",
+                           case=f"{approach}_{which}_b{batch}_r{CFG.resolution}", impl=impl,
+                           device=device, flops=flops, warmup=CFG.warmup, rounds=CFG.steps,
+                           approach=approach, which=which, batch=batch,
+                           resolution=CFG.resolution)
+        s_per_kimg = rec.median_s * 1000.0 / batch
+        rec.extra["s_per_kimg"] = s_per_kimg
+        out = {
+            "status": "ok", "approach": approach, "impl": impl, "which": which, "batch": batch,
+            "resolution": CFG.resolution, "device": device, "median_s": rec.median_s,
+            "mean_s": rec.mean_s, "rounds": rec.rounds, "s_per_kimg": s_per_kimg,
+            "first_call_s": first,
+            "peak_mem_bytes": peak if cuda else rec.peak_mem_bytes,
+            "peak_mem_kind": "cuda_max_allocated" if cuda else rec.peak_mem_kind,
+            "static_mem_bytes": static, "switches": bench.effective_switches(step, impl, device, CFG.compile,
+                                                            CFG.cuda_graphs),
+            "images_per_call": getattr(step, "images_per_call", batch),
+        }
+        del step, A, B
+    bench.reset_compiler()
+    bench.free_memory()
+    return out
+
+
+@pytest.mark.parametrize("approach,impl,which", CASES,
+                         ids=[f"{a}-{i}-{w}" for a, i, w in CASES])
+def test_train_time(fastep_bench, device, approach, impl, which):
+    base = {"approach": approach, "impl": impl, "which": which, "device": device,
+            "resolution": CFG.resolution}
+    if CFG.deadline and time.time() > CFG.deadline:
+        _write({**base, "status": "skipped (time budget)"})
+        pytest.skip("time budget of `fastep bench --time-budget` used up")
+    cuda = device.startswith("cuda")
+    cap = CFG.mem_cap_gib * bench.GIB if cuda else None
+    search = None
+    try:
+        if which == "b8":
+            batch = CFG.batch
+            record = _time_case(fastep_bench, device, approach, impl, which, batch, None)
+            _B8[(approach, impl)] = record
+        else:
+            b8 = _B8.get((approach, impl))
+            guess = None
+            if cuda and b8 and b8.get("peak_mem_bytes") and b8.get("static_mem_bytes") is not None:
+                guess = bench.guess_max_batch(b8["peak_mem_bytes"], b8["static_mem_bytes"],
+                                              b8["batch"], cap)
+            predict = cuda and impl == "fastep" and CFG.fast_max_batch == "predict" and guess
+            if predict:
+                # one compile: the timed run at the predicted batch is its own fit check
+                search = bench.SearchResult(int(guess), [], False)
+                probes = {}
+            else:
+                search, probes = bench.search_max_batch(approach, CFG.resolution, impl, device,
+                                                        CFG, guess=guess)
+            if search.max_batch < 1:
+                raise RuntimeError(f"{approach}/{impl}: not even batch 1 fits in "
+                                   f"{CFG.mem_cap_gib} GiB")
+            batch = search.max_batch
+            # The timed run does more steps than a probe; if allocator state makes the found
+            # batch fail now, step down (and say so) rather than lose the case.
+            for attempt in range(4):
+                try:
+                    record = _time_case(fastep_bench, device, approach, impl, which, batch, cap)
+                    break
+                except Exception as err:  # noqa: BLE001
+                    if not bench.is_oom(err) or attempt == 3 or batch == 1:
+                        raise
+                    bench.free_memory()
+                    search.probes.append((batch, False))
+                    batch = max(1, min(batch - 1, int(batch * 0.95)) if predict else batch - 1)
+            if predict:
+                search.probes.append((batch, True))
+                search.max_batch = batch
+            record["search"] = {**search.to_dict(), "mode": "predict" if predict else "exact"}
+            record["search_guess"] = guess
+            record["probe_peaks"] = {str(b): (p.get("peak_mem_bytes") if isinstance(p, dict) else None)
+                                     for b, p in probes.items()}
+            if not predict and batch != search.max_batch:
+                record["note"] = (f"search found {search.max_batch} but the timed run at that batch "
+                                  f"ran out of memory; timed at {batch}")
+        _write(record)
+        print(f"{approach}/{impl}/{which}: batch {record['batch']}: "
+              f"{record['s_per_kimg']:.4g} s/kimg, first call {record['first_call_s']:.1f} s")
+    except Exception as err:
+        _write({**base, "status": "error", "error": f"{type(err).__name__}: {err}"[:500],
+                "search": search.to_dict() if search else None,
+                "traceback": traceback.format_exc()[-3000:]})
+        bench.free_memory()
+        raise
