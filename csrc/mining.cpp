@@ -83,7 +83,9 @@ void update_rows_cpu(const scalar_t* tile, int64_t R, int64_t C, const double* r
                      int64_t* near_i, int64_t kn, float* far_d, int64_t* far_i, int64_t kf) {
   const bool fused = rsq != nullptr;
   const int nthreads = at::get_num_threads();
-#pragma omp parallel for schedule(dynamic, 8) num_threads(nthreads)
+  // Small tiles run serially: waking a team costs more than the work on a busy machine.
+  const bool par = R * C >= (int64_t{1} << 18);
+#pragma omp parallel for schedule(dynamic, 8) num_threads(nthreads) if (par)
   for (int64_t r = 0; r < R; ++r) {
     const int64_t gi = row_start + r;
     float* nd = near_d + gi * kn;
@@ -182,7 +184,8 @@ template <typename scalar_t>
 void pair_sqdist_loop(const scalar_t* xp, const scalar_t* yp, const int64_t* ip, const int64_t* jp,
                       double* op, int64_t P, int64_t D) {
   const int nthreads = at::get_num_threads();
-#pragma omp parallel for schedule(dynamic, 4) num_threads(nthreads)
+  const bool par = P * D >= (int64_t{1} << 20);
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nthreads) if (par)
   for (int64_t p = 0; p < P; ++p) {
     op[p] = sqdist_row<scalar_t>(xp + ip[p] * D, yp + jp[p] * D, D);
   }

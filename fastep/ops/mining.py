@@ -1,2 +1,635 @@
-"""(being written)"""
-__all__: list = []
+"""Exact style-distance neighbour mining for whole data sets, and triplet sampling.
+
+:func:`mine_neighbours` finds, for every vector (Gram vector, or any embedding), its ``k_near``
+nearest and ``k_far`` furthest other vectors under the squared Euclidean distance, exactly (the
+sets and their order equal a float64 brute force, ties broken by the smaller index), without ever
+materialising the N x N distance matrix:
+
+1. **Statistics pass**: the mean vector mu (float64, rounded once to float32) and per row the
+   norms |c_i|_2 and |c_i|_4 of the centred vectors c_i = x_i - mu.  Distances are translation
+   invariant; centring shrinks |c| and therefore the rounding error of the GEMM (Gram vectors of
+   natural images are strongly correlated).
+2. **Candidate pass** (the hot loop): symmetric tile pairs (I, J >= I) of the GEMM of centred
+   vectors in a fast precision (float32 on CPU; bfloat16 inputs with float32 accumulation on
+   CUDA) with the distance max(|c_i|^2 + |c_j|^2 - 2 c_i.c_j, 0) formed in the epilogue and
+   merged straight into running sorted per-row lists of ``k + margin`` candidates of both ends
+   (``torch.ops.fastep_C.topk_update_``: OpenMP C++ on CPU, a warp-per-row CUDA selection kernel
+   after the Triton distance tile on GPU).  Each tile is computed once and feeds both its rows
+   and (transposed) its columns.  Only the tiles in flight live in memory.
+3. **Certification and exact re-ranking**: every approximate distance is within a bound eps_i of
+   the exact one (:func:`error_bound`: input rounding of the fast precision plus float32
+   accumulation, rigorous worst case or Higham-Mary probabilistic with lambda).  Sorted
+   candidates whose gaps exceed 2 eps_i are certainly ordered; the top k is certain once a gap
+   > 2 eps_i follows position k.  Inside groups of candidates closer than 2 eps_i (duplicates,
+   exact ties, near ties) the exact float64 distances sum (x_i - x_j)^2 are computed
+   (``fastep_C::pair_sqdist``) and decide, ties by index.  A row with no certain boundary within
+   its candidate list (e.g. more exact duplicates than ``k + margin``) is recomputed exactly
+   against all rows.  ``rerank="all"`` computes exact distances for every returned pair.
+
+Vectors can be a tensor (CPU, pinned CPU, or CUDA), a NumPy array / ``np.memmap`` or a path to a
+``.npy`` file; they are streamed to ``device`` in row blocks sized by ``memory_budget``.
+
+:func:`sample_triplets` draws (anchor, positive from the near set, negative from the far set),
+uniformly, seeded.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import _ext
+from . import reference as _ref
+
+__all__ = ["Neighbours", "mine_neighbours", "sample_triplets", "error_bound", "topk_update_",
+           "pair_sqdist", "sqdist_tile"]
+
+_ext.register_op("mine_neighbours", cuda=("triton",), cpu=("cpp",),
+                 doc="exact k-nearest/furthest: streamed GEMM tiles + fused top-k + exact re-rank")
+_ext.register_op("topk_update", cuda=("cuda",), cpu=("cpp",),
+                 doc="merge a distance/dot tile into running top-k lists of both ends")
+_ext.register_op("pair_sqdist", cuda=("reference",), cpu=("cpp",),
+                 doc="float64 squared distances of index pairs (exact re-ranking)")
+_ext.register_op("sqdist_tile", cuda=("triton",), cpu=("reference",),
+                 doc="squared-distance tile from a GEMM with norm/clamp epilogue (+ transpose)")
+
+_EMPTY = torch.iinfo(torch.int64).max
+_U32 = 2.0 ** -24
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor ops (torch.library)
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("fastep::topk_update_", mutates_args=("near_d", "near_i", "far_d", "far_i"))
+def topk_update_(tile: Tensor, row_sq: Optional[Tensor], col_sq: Optional[Tensor], row_start: int,
+                 col_start: int, near_d: Tensor, near_i: Tensor, far_d: Tensor, far_i: Tensor,
+                 transpose: bool = False) -> None:
+    """Merge a tile into running sorted top-k lists (in place).
+
+    ``tile`` [R, C] holds distances, or dot products of centred vectors when ``row_sq``/``col_sq``
+    (squared norms) are given.  Rows ``row_start..`` of ``near_d/near_i`` [N, kn] (float32/int64,
+    ascending (distance, index)) and ``far_d/far_i`` [N, kf] (descending distance, ties by index)
+    are updated; the self pair is skipped.  ``transpose=True`` updates the rows of the tile's
+    columns with ``tile.T``.  Empty slots: +inf / -inf with index ``INT64_MAX``.
+    """
+    _topk_update_impl(tile, row_sq, col_sq, row_start, col_start, near_d, near_i, far_d, far_i,
+                      transpose)
+
+
+def _topk_update_impl(tile, row_sq, col_sq, row_start, col_start, near_d, near_i, far_d, far_i,
+                      transpose=False):
+    backend = _ext.backend_for("topk_update", tile.device)
+    kn, kf = near_d.shape[1], far_d.shape[1]
+    if backend == "cuda" and kn + kf <= 4096:
+        stream = torch.cuda.current_stream(tile.device).cuda_stream
+        torch.ops.fastep_C.topk_update_(tile, row_sq, col_sq, row_start, col_start, near_d, near_i,
+                                        far_d, far_i, transpose, stream)
+    elif backend == "cpp":
+        torch.ops.fastep_C.topk_update_(tile, row_sq, col_sq, row_start, col_start, near_d, near_i,
+                                        far_d, far_i, transpose, 0)
+    else:
+        _ref.topk_update_reference(tile, row_sq, col_sq, row_start, col_start, near_d, near_i,
+                                   far_d, far_i, transpose)
+
+
+@topk_update_.register_fake
+def _(tile, row_sq, col_sq, row_start, col_start, near_d, near_i, far_d, far_i, transpose=False):
+    return None
+
+
+@torch.library.custom_op("fastep::pair_sqdist", mutates_args=())
+def pair_sqdist(x: Tensor, y: Tensor, i: Tensor, j: Tensor) -> Tensor:
+    """sum_k (x[i_p, k] - y[j_p, k])^2 in float64 for every index pair p (exact re-ranking)."""
+    return _pair_sqdist_impl(x, y, i, j)
+
+
+def _pair_sqdist_impl(x, y, i, j):
+    if _ext.backend_for("pair_sqdist", x.device) == "cpp":
+        return torch.ops.fastep_C.pair_sqdist(x, y, i, j)
+    out = torch.empty(i.numel(), dtype=torch.float64, device=x.device)
+    step = max(1, (1 << 27) // max(1, x.shape[1]))
+    for s in range(0, i.numel(), step):
+        out[s:s + step] = _ref.pair_sqdist_reference(x, y, i[s:s + step], j[s:s + step])
+    return out
+
+
+@pair_sqdist.register_fake
+def _(x, y, i, j):
+    return x.new_empty((i.numel(),), dtype=torch.float64)
+
+
+@torch.library.custom_op("fastep::sqdist_tile", mutates_args=())
+def sqdist_tile(a: Tensor, b: Tensor, a_sq: Tensor, b_sq: Tensor) -> Tensor:
+    """Float32 tile max(a_sq[:, None] + b_sq[None, :] - 2 a b^T, 0) (Triton GEMM epilogue on CUDA)."""
+    if _ext.backend_for("sqdist_tile", a.device) == "triton":
+        from fastep.kernels import mining as _k
+        return _k.sqdist_tile(a, b, a_sq, b_sq)[0]
+    dots = a.float() @ b.float().t()
+    return (a_sq.double()[:, None] + b_sq.double()[None, :] - 2 * dots.double()).clamp_min(0).float()
+
+
+@sqdist_tile.register_fake
+def _(a, b, a_sq, b_sq):
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Neighbours:
+    """Result of :func:`mine_neighbours` (CPU tensors).
+
+    ``near_idx`` [N, k_near] / ``far_idx`` [N, k_far] (int64), sorted best first (nearest first /
+    furthest first, ties by smaller index); ``near_dist`` / ``far_dist`` float64 squared
+    distances (exact float64 where re-ranked, else the certified approximation, within
+    ``info["eps_max"]``).  ``info`` reports the bound, re-ranking and fallback counts.
+    """
+
+    near_idx: Tensor
+    near_dist: Tensor
+    far_idx: Tensor
+    far_dist: Tensor
+    info: Dict[str, object] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.near_idx.shape[0]
+
+    @property
+    def k_near(self) -> int:
+        return self.near_idx.shape[1]
+
+    @property
+    def k_far(self) -> int:
+        return self.far_idx.shape[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: tensors, pinned host tensors, NumPy arrays / memmaps, .npy paths
+# ---------------------------------------------------------------------------------------------
+class _Source:
+    def __init__(self, data, transform: Optional[Callable[[Tensor], Tensor]]):
+        if isinstance(data, (str, os.PathLike)):
+            path = os.fspath(data)
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"vectors: file {path!r} does not exist")
+            data = np.load(path, mmap_mode="r")
+        if isinstance(data, np.ndarray):
+            if data.ndim != 2:
+                raise ValueError(f"vectors: expected a 2-D array [N, D], got shape {data.shape}")
+            if not np.issubdtype(data.dtype, np.floating):
+                raise TypeError(f"vectors: expected a floating dtype, got {data.dtype}")
+            self.array, self.tensor = data, None
+        elif isinstance(data, Tensor):
+            if data.dim() != 2:
+                raise ValueError(f"vectors: expected a 2-D tensor [N, D], got shape {tuple(data.shape)}")
+            if not data.is_floating_point():
+                raise TypeError(f"vectors: expected a floating dtype, got {data.dtype}")
+            self.array, self.tensor = None, data
+        else:
+            raise TypeError(f"vectors: expected a Tensor, np.ndarray/np.memmap or .npy path, got "
+                            f"{type(data).__name__}")
+        self.transform = transform
+        self.n = int(data.shape[0])
+        self.raw_dim = int(data.shape[1])
+        self.dim = self.raw_dim
+        if transform is not None and self.n:
+            self.dim = int(self._apply(self.raw(0, 1)).shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensor.device if self.tensor is not None else torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        if self.tensor is not None:
+            return self.tensor.dtype
+        return torch.from_numpy(np.empty(0, dtype=self.array.dtype)).dtype
+
+    @property
+    def direct(self) -> bool:
+        """The vectors are a tensor used as is (no transform): exact pairs index it directly."""
+        return self.tensor is not None and self.transform is None
+
+    def raw(self, s: int, e: int) -> Tensor:
+        if self.tensor is not None:
+            return self.tensor[s:e]
+        return torch.from_numpy(np.ascontiguousarray(self.array[s:e]))
+
+    def _apply(self, x: Tensor) -> Tensor:
+        if self.transform is None:
+            return x
+        y = self.transform(x)
+        if not isinstance(y, Tensor) or y.dim() != 2 or y.shape[0] != x.shape[0]:
+            raise ValueError("transform: must map a [B, D] batch to a [B, D'] tensor")
+        return y
+
+    def rows(self, s: int, e: int, device: torch.device, stage: Optional["_Stager"] = None) -> Tensor:
+        x = self.raw(s, e)
+        if x.device != device:
+            x = stage.to_device(x, device) if stage is not None else x.to(device)
+        return self._apply(x)
+
+    def gather(self, idx: Tensor, device: torch.device) -> Tensor:
+        idx_cpu = idx.cpu()
+        if self.tensor is not None:
+            x = self.tensor.index_select(0, idx.to(self.tensor.device))
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(self.array[idx_cpu.numpy()]))
+        return self._apply(x.to(device))
+
+
+class _Stager:
+    """Host -> device copies of row blocks through a pinned buffer (non-blocking H2D)."""
+
+    def __init__(self):
+        self.buf: Optional[Tensor] = None
+        self.event = None
+
+    def to_device(self, x: Tensor, device: torch.device) -> Tensor:
+        if device.type != "cuda" or x.is_pinned():
+            return x.to(device, non_blocking=x.is_pinned())
+        if self.event is not None:
+            self.event.synchronize()  # the previous copy out of the buffer has finished
+        n = x.numel()
+        if self.buf is None or self.buf.numel() < n or self.buf.dtype != x.dtype:
+            self.buf = torch.empty(n, dtype=x.dtype, pin_memory=True)
+        staged = self.buf[:n].view_as(x)
+        staged.copy_(x)
+        out = staged.to(device, non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record()
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Error bound
+# ---------------------------------------------------------------------------------------------
+def unit_roundoff(compute_dtype: torch.dtype, device_type: str) -> float:
+    """Unit roundoff of the GEMM inputs: bf16 2^-8, fp16 2^-11, fp32 exact on CPU / TF32 on CUDA."""
+    if compute_dtype == torch.bfloat16:
+        return 2.0 ** -8
+    if compute_dtype == torch.float16:
+        return 2.0 ** -11
+    if compute_dtype == torch.float32:
+        return 2.0 ** -11 if device_type == "cuda" else 0.0
+    raise TypeError(f"compute_dtype: expected bfloat16, float16 or float32, got {compute_dtype}")
+
+
+def error_bound(row_norm: Tensor, row_q: Tensor, col_norm: Union[Tensor, float],
+                col_q: Union[Tensor, float], dim: int, compute_dtype: torch.dtype,
+                device_type: str = "cpu", mode: str = "probabilistic", lam: float = 8.0) -> Tensor:
+    """Bound on |d_approx - d_exact| for the candidate pass's squared distances (float64).
+
+    ``row_norm``/``col_norm`` are |c|_2 and ``row_q``/``col_q`` |c|_4 = (sum c^4)^(1/4) of the
+    centred vectors (pass the maxima over all columns to bound a whole row).  The model:
+    inputs rounded elementwise to the compute precision (relative u_in, including the float32
+    centring), products exact, float32 accumulation over ``dim`` terms in any order, the
+    epilogue |c_i|^2 + |c_j|^2 - 2 dot in float32.
+
+    * ``"rigorous"``: worst case, |dot err| <= ((2u_in + u_in^2) + gamma_D (1 + u_in)^2) |c_i||c_j|,
+      gamma_D = D u / (1 - D u) (Higham, Accuracy and Stability, Thm 3.1).
+    * ``"probabilistic"``: Higham & Mary (SIAM J. Sci. Comput. 2019): with the rounding errors
+      independent and mean zero, each sum's error is within lambda sqrt(n) u (and the input
+      rounding term, by Hoeffding, within lambda (2u_in + u_in^2) sqrt(sum_k c_ik^2 c_jk^2), which
+      Cauchy-Schwarz bounds by lambda (2u_in + u_in^2) |c_i|_4 |c_j|_4) with probability >= 1 - 2 exp(-lambda^2 (1-u)^2 / 2) per quantity (lambda = 8: 2.5e-14).
+    d error <= 2 |dot err| + 3 u (|c_i| + |c_j|)^2.
+    """
+    u_c = unit_roundoff(compute_dtype, device_type)
+    u_in = u_c + _U32 + u_c * _U32
+    rel_in = 2 * u_in + u_in * u_in
+    row_norm = row_norm.double()
+    row_q = row_q.double()
+    if mode == "rigorous":
+        du = dim * _U32
+        gamma = du / (1 - du) if du < 1 else math.inf
+        dot = (rel_in + gamma * (1 + u_in) ** 2) * row_norm * col_norm
+    elif mode == "probabilistic":
+        gamma = math.expm1(lam * math.sqrt(dim) * _U32 + dim * _U32 ** 2 / (1 - _U32))
+        dot = lam * rel_in * row_q * col_q + gamma * (1 + u_in) ** 2 * row_norm * col_norm
+    else:
+        raise ValueError(f"bound: expected 'probabilistic' or 'rigorous', got {mode!r}")
+    return 2 * dot + 3 * _U32 * (row_norm + col_norm) ** 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Mining
+# ---------------------------------------------------------------------------------------------
+def _check_k(name: str, k, n: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(k).__name__}")
+    k = int(k)
+    if k < 0:
+        raise ValueError(f"{name}: must be >= 0, got {k}")
+    if k > n - 1:
+        raise ValueError(f"{name}={k} needs at least {k + 1} vectors (self excluded), got N={n}")
+    return k
+
+
+def _default_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.6)
+    return 2 << 30
+
+
+def _block_rows(n: int, dim: int, compute_es: int, src_es: int, budget: int, symmetric_cols: bool) -> int:
+    """Largest row block B with 2 blocks of compute vectors + conversion + 2 float32 tiles <= budget."""
+    per_row = dim * (2 * compute_es) + min(dim, 4096) * (4 + src_es)
+    b = max(1, budget // max(1, per_row))
+    while b > 1 and per_row * b + 8 * b * b > budget:
+        b = int(b * 0.9)
+    return int(max(1, min(n, b)))
+
+
+def _lexsort_rows(key_major: Tensor, value: Tensor, idx: Tensor, descending: bool) -> Tensor:
+    """Permutation sorting each row by (key_major asc, value asc/desc, idx asc)."""
+    order = torch.argsort(idx, dim=1, stable=True)
+    v = value.gather(1, order)
+    o2 = torch.sort(v, dim=1, descending=descending, stable=True).indices
+    order = order.gather(1, o2)
+    km = key_major.gather(1, order)
+    o3 = torch.sort(km, dim=1, stable=True).indices
+    return order.gather(1, o3)
+
+
+class _ExactPairs:
+    """float64 sum (x_i - x_j)^2 for index pairs, from the source, in bounded chunks."""
+
+    def __init__(self, src: _Source, device: torch.device, budget: int):
+        self.src, self.budget = src, budget
+        # Exact distances are computed where the vectors are (CPU C++ for host data).
+        self.device = src.device if src.direct else (device if src.tensor is not None and
+                                                     src.tensor.is_cuda else torch.device("cpu"))
+        self.count = 0
+
+    def __call__(self, rows: Tensor, cols: Tensor) -> Tensor:
+        rows, cols = rows.cpu(), cols.cpu()
+        out = torch.empty(rows.numel(), dtype=torch.float64)
+        if rows.numel() == 0:
+            return out
+        self.count += rows.numel()
+        if self.src.direct:
+            x = self.src.tensor
+            dev = x.device
+            step = max(1, min(rows.numel(), (1 << 22)))
+            for s in range(0, rows.numel(), step):
+                out[s:s + step] = _pair_sqdist_impl(x, x, rows[s:s + step].to(dev), cols[s:s + step].to(dev)).cpu()
+            return out
+        es = 4 * max(1, self.src.dim)
+        max_rows = max(2, self.budget // es)
+        s = 0
+        while s < rows.numel():
+            e = min(rows.numel(), s + max(1, max_rows // 2))
+            u, inv = torch.unique(torch.cat([rows[s:e], cols[s:e]]), return_inverse=True)
+            x = self.src.gather(u, self.device)
+            m = e - s
+            out[s:e] = _pair_sqdist_impl(x, x, inv[:m].to(x.device), inv[m:].to(x.device)).cpu()
+            s = e
+        return out
+
+
+def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
+                    memory_budget: Optional[int] = None, distance: Union[str, Callable] = "style",
+                    compute_dtype: Optional[torch.dtype] = None, margin: int = 8,
+                    bound: str = "probabilistic", lam: float = 8.0, rerank: str = "ambiguous",
+                    block_rows: Optional[int] = None, progress: bool = False) -> Neighbours:
+    """Exact k nearest (self excluded) and k furthest neighbours of every row of ``vectors``.
+
+    Args:
+        vectors: [N, D] float tensor (CPU, pinned CPU or CUDA), NumPy array / ``np.memmap`` or a
+            path to a ``.npy`` file (memory-mapped).  Gram vectors for the style distance.
+        k_near, k_far: neighbours per end (0 <= k <= N - 1).
+        device: where the GEMM tiles run (default: the tensor's device, else CUDA if available).
+        memory_budget: bytes of ``device`` memory for vector blocks and tiles (default: 60% of
+            free CUDA memory, 2 GiB on CPU); the data set itself may be far larger.
+        distance: ``"style"`` / ``"sqeuclidean"`` (|x - y|^2 on the vectors as given),
+            ``"cosine"`` (rows L2-normalised first: distance 2 - 2 cos), or a callable embedding
+            applied to row batches (paper appendix A.4: mine with any network's features);
+            distances are then squared Euclidean in that embedding.
+        compute_dtype: GEMM input precision (default float32 on CPU, bfloat16 on CUDA).
+        margin: extra candidates kept per end beyond k (more = fewer exact fallbacks).
+        bound: ``"probabilistic"`` (default) or ``"rigorous"``: see :func:`error_bound`.
+        rerank: ``"ambiguous"`` recomputes exact float64 distances only where the certified
+            approximation cannot decide (distances elsewhere carry the bound); ``"all"`` for
+            every returned pair.
+        block_rows: force the row-block size (tests); default from ``memory_budget``.
+        progress: show a tqdm bar over tile pairs.
+
+    Returns:
+        :class:`Neighbours` with CPU tensors.
+    """
+    transform = None
+    if callable(distance):
+        transform, dist_name = distance, "embedding"
+    elif distance in ("style", "sqeuclidean", "euclidean_sq"):
+        dist_name = "sqeuclidean"
+    elif distance == "cosine":
+        transform = lambda x: torch.nn.functional.normalize(x.double(), dim=1)  # noqa: E731
+        dist_name = "cosine"
+    else:
+        raise ValueError(f"distance: expected 'style', 'sqeuclidean', 'cosine' or a callable, got {distance!r}")
+    if rerank not in ("ambiguous", "all"):
+        raise ValueError(f"rerank: expected 'ambiguous' or 'all', got {rerank!r}")
+    if bound not in ("probabilistic", "rigorous"):
+        raise ValueError(f"bound: expected 'probabilistic' or 'rigorous', got {bound!r}")
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise ValueError(f"margin: expected an int >= 0, got {margin!r}")
+    src = _Source(vectors, transform)
+    n = src.n
+    if n < 2:
+        raise ValueError(f"vectors: need at least 2 rows to mine neighbours, got N={n}")
+    k_near = _check_k("k_near", k_near, n)
+    k_far = _check_k("k_far", k_far, n)
+    if device is None:
+        device = src.device if src.tensor is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if compute_dtype is None:
+        compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    unit_roundoff(compute_dtype, device.type)  # validates
+    budget = int(memory_budget) if memory_budget is not None else _default_budget(device)
+    if budget <= 0:
+        raise ValueError(f"memory_budget: must be > 0 bytes, got {memory_budget}")
+    dim = src.dim
+    stage = _Stager()
+
+    # ---- 1. statistics: mean, centred norms -------------------------------------------------
+    src_es = torch.empty(0, dtype=src.dtype).element_size()
+    stat_rows = max(1, min(n, budget // max(1, dim * (src_es + 8 + 8))))
+    total = torch.zeros(dim, dtype=torch.float64, device=device)
+    for s in range(0, n, stat_rows):
+        total += src.rows(s, min(n, s + stat_rows), device, stage).double().sum(0)
+    mu32 = (total / n).float()
+    mu64 = mu32.double()
+    sq = torch.empty(n, dtype=torch.float64)
+    q4 = torch.empty(n, dtype=torch.float64)
+    for s in range(0, n, stat_rows):
+        c = src.rows(s, min(n, s + stat_rows), device, stage).double() - mu64
+        c2 = c * c
+        sq[s:s + c.shape[0]] = c2.sum(1).cpu()
+        q4[s:s + c.shape[0]] = (c2 * c2).sum(1).pow(0.25).cpu()  # |c|_4
+        del c, c2
+    norms = sq.sqrt()
+    sq_dev = sq.to(device)
+
+    # ---- 2. candidate pass --------------------------------------------------------------------
+    kn2 = min(n - 1, k_near + margin) if k_near else 0
+    kf2 = min(n - 1, k_far + margin) if k_far else 0
+    near_d = torch.full((n, kn2), math.inf, dtype=torch.float32, device=device)
+    near_i = torch.full((n, kn2), _EMPTY, dtype=torch.int64, device=device)
+    far_d = torch.full((n, kf2), -math.inf, dtype=torch.float32, device=device)
+    far_i = torch.full((n, kf2), _EMPTY, dtype=torch.int64, device=device)
+    ces = torch.empty(0, dtype=compute_dtype).element_size()
+    B = int(block_rows) if block_rows else _block_rows(n, dim, ces, src_es, budget, True)
+    use_triton = device.type == "cuda" and _ext.backend_for("sqdist_tile", device) == "triton"
+    sub = max(1, (64 << 20) // max(1, dim * 8))
+
+    def load_block(s: int, e: int) -> Tensor:
+        out = torch.empty((e - s, dim), dtype=compute_dtype, device=device)
+        for t in range(s, e, sub):
+            u = min(e, t + sub)
+            x = src.rows(t, u, device, stage)
+            out[t - s:u - s] = (x.float() - mu32).to(compute_dtype)
+        return out
+
+    starts = list(range(0, n, B))
+    pairs = [(a, b) for ai, a in enumerate(starts) for b in starts[ai:]]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(pairs), desc="mining tiles", unit="tile")
+    with torch.no_grad():
+        cur_i, Xi = None, None
+        for si, sj in pairs:
+            ei, ej = min(n, si + B), min(n, sj + B)
+            if cur_i != si:
+                Xi, cur_i = None, None
+                Xi, cur_i = load_block(si, ei), si
+            Xj = Xi if sj == si else load_block(sj, ej)
+            sym = sj != si
+            if use_triton:
+                from fastep.kernels import mining as _k
+                d, dt = _k.sqdist_tile(Xi, Xj, sq_dev[si:ei].float(), sq_dev[sj:ej].float(), write_t=sym)
+                _topk_update_impl(d, None, None, si, sj, near_d, near_i, far_d, far_i, False)
+                if sym:
+                    _topk_update_impl(dt, None, None, sj, si, near_d, near_i, far_d, far_i, False)
+                del d, dt
+            else:
+                dots = Xi.float() @ Xj.float().t() if Xi.dtype != torch.float32 else Xi @ Xj.t()
+                _topk_update_impl(dots, sq_dev[si:ei], sq_dev[sj:ej], si, sj, near_d, near_i,
+                                  far_d, far_i, False)
+                if sym:
+                    _topk_update_impl(dots, sq_dev[si:ei], sq_dev[sj:ej], si, sj, near_d, near_i,
+                                 far_d, far_i, True)
+                del dots
+            if bar is not None:
+                bar.update(1)
+        del Xi, Xj
+    if bar is not None:
+        bar.close()
+
+    # ---- 3. certification and exact re-ranking ------------------------------------------------
+    eps = error_bound(norms, q4, float(norms.max()), float(q4.max()), dim, compute_dtype,
+                      device.type, bound, lam)
+    exact = _ExactPairs(src, device, budget)
+    info: Dict[str, object] = dict(n=n, dim=dim, distance=dist_name, compute_dtype=str(compute_dtype),
+                                   device=str(device), block_rows=B, tiles=len(pairs), bound=bound,
+                                   lam=lam, margin=margin, eps_max=float(eps.max()),
+                                   eps_rel_median=float((eps / sq.clamp_min(1e-300)).median()))
+    near = _finish(near_d.cpu(), near_i.cpu(), k_near, eps, exact, n, False, rerank)
+    far = _finish(far_d.cpu(), far_i.cpu(), k_far, eps, exact, n, True, rerank)
+    info.update(fallback_rows_near=near[2], fallback_rows_far=far[2], exact_pairs=exact.count)
+    if near[2] + far[2] > max(10, n // 100):
+        warnings.warn(f"mine_neighbours: {near[2] + far[2]} rows needed an exact fallback over all "
+                      f"N={n} rows (many exact duplicates or a loose bound); raise margin",
+                      RuntimeWarning, stacklevel=2)
+    return Neighbours(near[0], near[1], far[0], far[1], info)
+
+
+def _finish(ad: Tensor, ai: Tensor, k: int, eps: Tensor, exact: _ExactPairs, n: int, far: bool,
+            rerank: str) -> Tuple[Tensor, Tensor, int]:
+    """Certify the candidate lists, re-rank ambiguous groups exactly, fall back where needed."""
+    if k == 0:
+        return torch.empty((n, 0), dtype=torch.int64), torch.empty((n, 0), dtype=torch.float64), 0
+    K = ad.shape[1]
+    a = ad.double()
+    tol = (2 * eps)[:, None]
+    gaps = (a[:, :-1] - a[:, 1:]) if far else (a[:, 1:] - a[:, :-1])
+    certain = torch.zeros((n, K), dtype=torch.bool)
+    certain[:, :-1] = gaps > tol
+    if K == n - 1:
+        certain[:, -1] = True  # no non-candidates left
+    # a certain boundary after position k-1 or later
+    ok = certain[:, k - 1:].any(1)
+    cid = torch.zeros((n, K), dtype=torch.int64)
+    cid[:, 1:] = certain[:, :-1].long().cumsum(1)
+    size = torch.zeros((n, K), dtype=torch.int64).scatter_add_(1, cid, torch.ones_like(cid))
+    csize = size.gather(1, cid)
+    relevant = cid <= cid[:, k - 1:k]
+    need = relevant & ok[:, None] & ((csize > 1) if rerank == "ambiguous" else torch.ones_like(relevant))
+    value = a.clone()
+    r, c = need.nonzero(as_tuple=True)
+    if r.numel():
+        value[r, c] = exact(r, ai[r, c])
+    order = _lexsort_rows(cid, value, ai, descending=far)[:, :k]
+    out_i = ai.gather(1, order)
+    out_d = value.gather(1, order)
+    bad = (~ok).nonzero(as_tuple=True)[0]
+    for row in bad.tolist():
+        cols = torch.cat([torch.arange(0, row), torch.arange(row + 1, n)])
+        d = exact(torch.full_like(cols, row), cols)
+        o = _lexsort_rows(torch.zeros((1, n - 1), dtype=torch.int64), d[None], cols[None], far)[0, :k]
+        out_i[row] = cols[o]
+        out_d[row] = d[o]
+    return out_i, out_d, int(bad.numel())
+
+
+# ---------------------------------------------------------------------------------------------
+# Triplets
+# ---------------------------------------------------------------------------------------------
+def sample_triplets(neighbours, n: Optional[int] = None, seed: int = 0, *, k_near: Optional[int] = None,
+                    k_far: Optional[int] = None) -> Tensor:
+    """(anchor, positive, negative) index triplets, as in StEP stage 1.
+
+    The positive is drawn uniformly from the anchor's ``k_near`` nearest (default: all mined,
+    k_c = 5), the negative uniformly from its ``k_far`` furthest (k_f = 13).  ``n=None`` gives one
+    triplet per anchor (anchors 0..N-1 in order); an int draws ``n`` anchors uniformly with
+    replacement.  Same ``seed`` -> same triplets (a private ``torch.Generator``).
+
+    ``neighbours`` is a :class:`Neighbours` or anything with ``near_idx``/``far_idx`` (attributes
+    or mapping keys, e.g. the ``fastep mine`` npz).
+    """
+    def get(name):
+        v = neighbours[name] if isinstance(neighbours, dict) or hasattr(neighbours, "files") \
+            else getattr(neighbours, name)
+        return torch.as_tensor(np.asarray(v) if not isinstance(v, Tensor) else v).long().cpu()
+
+    near, far = get("near_idx"), get("far_idx")
+    if near.dim() != 2 or far.dim() != 2 or near.shape[0] != far.shape[0]:
+        raise ValueError("neighbours: near_idx/far_idx must be [N, k] with the same N")
+    N = near.shape[0]
+    kn = near.shape[1] if k_near is None else int(k_near)
+    kf = far.shape[1] if k_far is None else int(k_far)
+    if not 1 <= kn <= near.shape[1]:
+        raise ValueError(f"k_near: expected 1..{near.shape[1]}, got {kn}")
+    if not 1 <= kf <= far.shape[1]:
+        raise ValueError(f"k_far: expected 1..{far.shape[1]}, got {kf}")
+    g = torch.Generator().manual_seed(int(seed))
+    if n is None:
+        anchors = torch.arange(N)
+    else:
+        if int(n) < 0:
+            raise ValueError(f"n: expected >= 0, got {n}")
+        anchors = torch.randint(0, N, (int(n),), generator=g)
+    pos = near[anchors, torch.randint(0, kn, (anchors.numel(),), generator=g)]
+    neg = far[anchors, torch.randint(0, kf, (anchors.numel(),), generator=g)]
+    return torch.stack([anchors, pos, neg], 1)
