@@ -213,3 +213,13 @@ def test_loader_workers_and_distributed_shards(tmp_path):
     loader = make_loader(pds, 3, workers=1, seed=0)
     batches = list(itertools.islice(iter(InfiniteLoader(loader)), 3))
     assert batches[0]["A"].shape == (3, 3, 16, 16) and len(batches[0]["path"]) == 3
+
+
+def test_preload_gives_the_same_items(tmp_path):
+    _ab_folder(tmp_path, "val", 4, h=24, w=24)
+    lazy = PairedImageDataset(tmp_path, "val", 16, crop=False, flip=False)
+    eager = PairedImageDataset(tmp_path, "val", 16, crop=False, flip=False, preload=True, workers=2)
+    for i in range(4):
+        assert torch.equal(lazy[i]["A"], eager[i]["A"]) and torch.equal(lazy[i]["B"], eager[i]["B"])
+    aug = PairedImageDataset(tmp_path, "val", 16, crop=True, flip=True, preload=True)
+    assert aug.load_size == 18 and aug[0]["B"].shape == (3, 16, 16)
