@@ -291,7 +291,8 @@ def lr_scale_at(kimg_done: float, kimg_total: float, decay_start: float) -> floa
 class TrainConfig:
     """One training run (stage 2 or 3 for :class:`~fastep.train.step.TrainStep`).
 
-    Speed switches: ``compile`` (torch.compile the step's forward/backward pieces), ``amp``
+    Speed switches: ``compile`` (torch.compile the step's forward/backward pieces; ``compile_mode``
+    and ``compile_backend`` pass through, e.g. "aot_eager" for fast CPU checks), ``amp``
     (bf16 autocast on CUDA; ignored on CPU unless ``amp_cpu``), ``channels_last``, ``fused_adam``
     (CUDA only), ``cuda_graphs`` (CUDA only; compile mode "reduce-overhead").  ``eager_fp32=True``
     is the plain-PyTorch baseline: it turns all of them off and forces the reference backends.
@@ -307,6 +308,7 @@ class TrainConfig:
     ema: float = 0.999
     compile: bool = True
     compile_mode: Optional[str] = None
+    compile_backend: str = "inductor"
     amp: bool = True
     amp_dtype: str = "bfloat16"
     amp_cpu: bool = False
@@ -351,6 +353,8 @@ class TrainConfig:
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"TrainConfig.ema must be in [0, 1) (0 disables EMA), got {self.ema}")
         _bools(self, "compile", "amp", "amp_cpu", "channels_last", "fused_adam", "cuda_graphs", "eager_fp32")
+        if not isinstance(self.compile_backend, str) or not self.compile_backend:
+            raise TypeError(f"TrainConfig.compile_backend must be a backend name, got {self.compile_backend!r}")
         if self.amp_dtype not in ("bfloat16", "float16"):
             raise ValueError(f"TrainConfig.amp_dtype must be 'bfloat16' or 'float16', got {self.amp_dtype!r}")
         if not isinstance(self.device, str):

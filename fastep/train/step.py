@@ -147,6 +147,9 @@ def _lsgan_fake(fake: List[Tensor]) -> Tensor:
     return total
 
 
+_PERCEPTUAL_CACHE: Dict[tuple, nn.Module] = {}
+
+
 class _Perceptual(nn.Module):
     """Perceptual distance with reusable target features.
 
@@ -154,15 +157,23 @@ class _Perceptual(nn.Module):
     ``fastep::weighted_feature_distance`` reduction; its range check (a host sync) is skipped.
     """
 
-    def __init__(self, loss_cfg: LossConfig, channels_last: bool, amp_dtype: Optional[torch.dtype]):
+    def __init__(self, loss_cfg: LossConfig, channels_last: bool, amp_dtype: Optional[torch.dtype],
+                 device: torch.device):
         super().__init__()
         from ..losses import PerceptualLoss
         from ..ops.reductions import weighted_feature_distance
 
-        self.loss = PerceptualLoss(loss_cfg.perceptual_net, loss_cfg.perceptual_weights,
-                                   loss_cfg.perceptual_distance, loss_cfg.perceptual_backbone,
-                                   amp=amp_dtype if amp_dtype is not None else False,
-                                   channels_last=channels_last)
+        key = (loss_cfg.perceptual_net, tuple(loss_cfg.perceptual_weights), loss_cfg.perceptual_distance,
+               str(loss_cfg.perceptual_backbone), bool(channels_last), str(amp_dtype), str(device))
+        loss = _PERCEPTUAL_CACHE.get(key)  # frozen backbones are shared between steps
+        if loss is None:
+            loss = PerceptualLoss(loss_cfg.perceptual_net, loss_cfg.perceptual_weights,
+                                  loss_cfg.perceptual_distance, loss_cfg.perceptual_backbone,
+                                  amp=amp_dtype if amp_dtype is not None else False,
+                                  channels_last=channels_last).to(device)
+            if isinstance(loss_cfg.perceptual_backbone, str) and len(_PERCEPTUAL_CACHE) < 8:
+                _PERCEPTUAL_CACHE[key] = loss
+        self.loss = loss
         self._wfd = weighted_feature_distance
         self.weights = [float(w) for w in loss_cfg.perceptual_weights]
         self.p = 1 if loss_cfg.perceptual_distance == "l1" else 2
@@ -236,7 +247,7 @@ class TrainStep:
         E.requires_grad_(self.train_e)
         # the random-z branch of a VAE E without KL would never use logvar: fine.
 
-        self.perceptual = _Perceptual(loss_cfg, self.channels_last, self.amp_dtype).to(self.device)
+        self.perceptual = _Perceptual(loss_cfg, self.channels_last, self.amp_dtype, self.device)
 
         # distributed: same initial weights everywhere
         self.world = 1
@@ -282,7 +293,7 @@ class TrainStep:
             mode = train_cfg.compile_mode
             if mode is None and train_cfg.cuda_graphs and is_cuda:
                 mode = "reduce-overhead"
-            fn = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
+            fn = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode, backend=train_cfg.compile_backend)
         elif train_cfg.cuda_graphs and is_cuda:
             warnings.warn("TrainConfig.cuda_graphs needs compile=True; running without CUDA graphs", stacklevel=2)
         self._fn = fn
@@ -538,7 +549,9 @@ class TrainStep:
             opt = getattr(self, key)
             sd = state.get(key)
             if opt is not None and sd is not None:
-                opt.load_state_dict(sd)
+                # deep copy: torch keeps (and later mutates in place) the loaded state tensors, which
+                # must not be shared with another live optimizer the state dict came from
+                opt.load_state_dict(copy.deepcopy(sd))
             elif opt is not None and strict and self.step_count == 0 and sd is None and key != "opt_g2":
                 raise KeyError(f"state dict has no {key!r} entry")
         self.step_count = int(state.get("step", 0))
