@@ -50,7 +50,7 @@ class Stage1Config:
     seed: int = 0
     flip: bool = False  # random horizontal flips (changes the built-in set's gradient/stripe factors)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True  # on CUDA
+    channels_last: bool = True
     compile: bool = False
     log_every: int = 25  # steps between loss read-backs (host syncs)
     # mining (mine_triplets_from_images)
@@ -198,7 +198,7 @@ def train_encoder_stage1(encoder: nn.Module, images_B, triplets, cfg: Optional[S
         images = images.to(device)
     elif cuda:
         images = images.pin_memory()
-    channels_last = cfg.channels_last and cuda
+    channels_last = cfg.channels_last  # also ~20% faster for convs on CPU (oneDNN)
     encoder.to(device)
     if channels_last:
         encoder.to(memory_format=torch.channels_last)
