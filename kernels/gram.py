@@ -404,7 +404,8 @@ def pairwise_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, split_
         bk = block_k or 32
         tune = False
     else:
-        bm = block_m or (64 if min(m, nn_) <= 64 else 128)
+        small = max(m, nn_) if sym else min(m, nn_)
+        bm = block_m or (16 if small <= 16 else 32 if small <= 32 else 64 if small <= 64 else 128)
         bk = block_k or 32
         tune = (m * nn_ * kdim >= AUTOTUNE_MIN_MACS) if autotune is None else autotune
         tune = tune and block_k is None

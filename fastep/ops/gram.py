@@ -44,6 +44,8 @@ _ext.register_op("gram", cuda=("triton",), cpu=("reference",),
                  doc="F F^T / (C H W); Triton: upper-triangle tiles, split-K, fp32 accumulation")
 _ext.register_op("gram_diff", cuda=("triton",), cpu=("reference",),
                  doc="G(x) - G(y) (or - target) in one kernel; behind style_loss/style_distance")
+_ext.register_op("style_loss", cuda=("triton",), cpu=("reference",),
+                 doc="all layers in one op: fused G(x) - G(y) per layer, one GEMM per input in backward")
 _ext.register_op("pairwise_style_distance", cuda=("triton",), cpu=("reference",),
                  doc="clamp(|x|^2 + |y|^2 - 2 x.y, 0): GEMM with norm/clamp epilogue")
 
@@ -315,7 +317,7 @@ def _layer_diffs(feats_x, feats_y, target_grams) -> List[Tensor]:
 def _gram_diff_into(out: Tensor, x: Tensor, y: Optional[Tensor], target: Optional[Tensor]) -> None:
     """out[:] = G(x) - G(y)  (or G(x) - target), accumulated in out's dtype (float32/64)."""
     acc = out.dtype
-    if _use_triton("gram_diff", x):
+    if _use_triton("style_loss", x):
         kg = _kernels()
         if y is not None and y.shape == x.shape and y.dtype == x.dtype:
             kg.gram_launch(x, y, out=out)
