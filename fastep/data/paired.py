@@ -29,7 +29,7 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -123,13 +123,14 @@ class PairedImageDataset(Dataset):
         verify: check every file's header (and the A/B name match) when built (default True).
         direction: ``"AtoB"`` (default) or ``"BtoA"`` to swap the roles of the halves/folders.
         preload: decode (and resize to ``load_size``) every image once, in memory.
+        io_threads: threads for the header checks, preloading and :meth:`stack_images`.
         layout: ``"auto"``, ``"ab"`` or ``"folders"`` (to insist on one).
     """
 
     def __init__(self, root: PathLike, split: Optional[str] = "train", resolution: int = 256, *,
                  load_size: Optional[int] = None, crop: Optional[bool] = None, flip: Optional[bool] = None,
                  strict: bool = False, verify: bool = True, direction: str = "AtoB",
-                 preload: bool = False, layout: str = "auto", workers: int = 8):
+                 preload: bool = False, layout: str = "auto", io_threads: int = 8):
         if not isinstance(resolution, int) or resolution < 1:
             raise ValueError(f"resolution: expected a positive integer, got {resolution!r}")
         if direction not in ("AtoB", "BtoA"):
@@ -176,7 +177,7 @@ class PairedImageDataset(Dataset):
             raise ImageReadError(path, why)
         if verify:
             checks = [(p, self.layout == "ab") for pair in items for p in pair if p is not None]
-            with ThreadPoolExecutor(max_workers=max(1, min(workers, 16))) as pool:
+            with ThreadPoolExecutor(max_workers=max(1, min(io_threads, 16))) as pool:
                 problems = list(pool.map(lambda c: _header_problem(*c), checks))
             broken = {str(p): why for (p, _), why in zip(checks, problems) if why is not None}
             if broken and self.strict:
@@ -196,7 +197,7 @@ class PairedImageDataset(Dataset):
         self._bad_idx: set = set()
         self._cache: Optional[List[Optional[Tuple[torch.Tensor, torch.Tensor]]]] = None
         if preload:
-            with ThreadPoolExecutor(max_workers=max(1, min(workers, 16))) as pool:
+            with ThreadPoolExecutor(max_workers=max(1, min(io_threads, 16))) as pool:
                 self._cache = list(pool.map(self._try_load_resized, range(len(items))))
 
     # -- reading -------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ class PairedImageDataset(Dataset):
         return {"A": to_float(a), "B": to_float(b), "index": i, "path": str(self.path(i))}
 
     def stack_images(self, which: str = "B", resolution: Optional[int] = None,
-                     workers: int = 8) -> Tuple[torch.Tensor, torch.Tensor]:
+                     io_threads: int = 8) -> Tuple[torch.Tensor, torch.Tensor]:
         """All images of one side, resized (no crop, no flip) -> (uint8 [N, 3, R, R], indices [N]).
 
         Files that fail to decode are skipped (warned by name) or raise in strict mode; ``indices``
@@ -295,7 +296,7 @@ class PairedImageDataset(Dataset):
                 self._note_bad(err)
                 return None
 
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, 16))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(io_threads, 16))) as pool:
             imgs = list(pool.map(load, range(len(self))))
         keep = [i for i, im in enumerate(imgs) if im is not None]
         if not keep:

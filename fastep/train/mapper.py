@@ -14,7 +14,6 @@ decayed x0.7 every 50 epochs, batch 64, 500 epochs.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Optional, Tuple, Union

@@ -16,9 +16,8 @@ with alpha = 0.1, lambda = 0.01, batch 12 triplets, Adam(1e-3, betas (0, 0.99)) 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch

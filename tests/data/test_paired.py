@@ -218,7 +218,7 @@ def test_loader_workers_and_distributed_shards(tmp_path):
 def test_preload_gives_the_same_items(tmp_path):
     _ab_folder(tmp_path, "val", 4, h=24, w=24)
     lazy = PairedImageDataset(tmp_path, "val", 16, crop=False, flip=False)
-    eager = PairedImageDataset(tmp_path, "val", 16, crop=False, flip=False, preload=True, workers=2)
+    eager = PairedImageDataset(tmp_path, "val", 16, crop=False, flip=False, preload=True, io_threads=2)
     for i in range(4):
         assert torch.equal(lazy[i]["A"], eager[i]["A"]) and torch.equal(lazy[i]["B"], eager[i]["B"])
     aug = PairedImageDataset(tmp_path, "val", 16, crop=True, flip=True, preload=True)
