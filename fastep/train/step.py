@@ -289,10 +289,16 @@ class TrainStep:
         self._trainable = [p for m in ((G, E, D) if self.train_e else (G, D)) for p in m.parameters()]
         fn = self._forward
         self.compiled = bool(train_cfg.compile and not train_cfg.eager_fp32)
+        self._cudagraphs = False
         if self.compiled:
             mode = train_cfg.compile_mode
             if mode is None and train_cfg.cuda_graphs and is_cuda:
                 mode = "reduce-overhead"
+            self._cudagraphs = mode == "reduce-overhead" and is_cuda
+            if mode == "reduce-overhead":
+                # CUDA graphs: the shadow G parameters never move; do not copy them every replay
+                for t in self._g_shadow.values():
+                    torch._dynamo.mark_static_address(t)
             fn = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode, backend=train_cfg.compile_backend)
         elif train_cfg.cuda_graphs and is_cuda:
             warnings.warn("TrainConfig.cuda_graphs needs compile=True; running without CUDA graphs", stacklevel=2)
@@ -473,8 +479,12 @@ class TrainStep:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         with self._backend_ctx():
+            if self._cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
             total, logs = self._fn(A, B, noise)
             total.backward()
+        if self._cudagraphs:  # graph outputs are overwritten by the next replay: keep a copy (one kernel)
+            logs = dict(zip(logs.keys(), torch.stack(list(logs.values())).unbind()))
         if self.world > 1:
             self._allreduce_grads()
         for opt in self.optimizers:
