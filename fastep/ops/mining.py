@@ -173,6 +173,13 @@ class Neighbours:
 # ---------------------------------------------------------------------------------------------
 # Sources: tensors, pinned host tensors, NumPy arrays / memmaps, .npy paths
 # ---------------------------------------------------------------------------------------------
+def _np_to_tensor(a: np.ndarray) -> Tensor:
+    a = np.ascontiguousarray(a)
+    if not a.flags.writeable:  # read-only memmap pages: copy (this is the read from disk anyway)
+        a = np.array(a)
+    return torch.from_numpy(a)
+
+
 class _Source:
     def __init__(self, data, transform: Optional[Callable[[Tensor], Tensor]]):
         if isinstance(data, (str, os.PathLike)):
@@ -220,7 +227,7 @@ class _Source:
     def raw(self, s: int, e: int) -> Tensor:
         if self.tensor is not None:
             return self.tensor[s:e]
-        return torch.from_numpy(np.ascontiguousarray(self.array[s:e]))
+        return _np_to_tensor(self.array[s:e])
 
     def _apply(self, x: Tensor) -> Tensor:
         if self.transform is None:
@@ -241,7 +248,7 @@ class _Source:
         if self.tensor is not None:
             x = self.tensor.index_select(0, idx.to(self.tensor.device))
         else:
-            x = torch.from_numpy(np.ascontiguousarray(self.array[idx_cpu.numpy()]))
+            x = _np_to_tensor(self.array[idx_cpu.numpy()])
         return self._apply(x.to(device))
 
 
