@@ -27,15 +27,15 @@ fi
 python3 -m fastep info | tee "$OUT/info.txt"
 if has tests; then
   echo "== tests on the GPU machine (CUDA + Triton-on-CUDA) =="
-  python3 -m pytest tests -q -x -m "cuda or triton" -p no:cacheprovider 2>&1 | tee "$OUT/tests_gpu.log" | tail -25
+  timeout "${TESTS_TIMEOUT:-400}" python3 -m pytest tests -q -m "cuda or triton" -p no:cacheprovider 2>&1 | tee "$OUT/tests_gpu.log" | tail -25
 fi
 if has kernels; then
   echo "== kernel benchmarks =="
-  python3 -m pytest benchmarks -q -p no:cacheprovider --ignore=benchmarks/test_bench_training.py \
+  timeout "${BENCH_TIMEOUT:-400}" python3 -m pytest benchmarks -q -p no:cacheprovider --ignore=benchmarks/test_bench_training.py ${BENCH_K:+-k "$BENCH_K"} \
     --fastep-results "$OUT" --benchmark-disable-gc 2>&1 | tee "$OUT/bench_kernels.log" | tail -60
 fi
 if has training; then
   echo "== training-time table =="
-  python3 -m fastep bench --out "$OUT" 2>&1 | tee "$OUT/bench_training.log" | tail -40
+  timeout "${TRAIN_TIMEOUT:-500}" python3 -m fastep bench --out "$OUT" ${TRAIN_ARGS:-} 2>&1 | tee "$OUT/bench_training.log" | tail -40
 fi
 exit 0
