@@ -15,7 +15,6 @@ with alpha = 0.1, lambda = 0.01, batch 12 triplets, Adam(1e-3, betas (0, 0.99)) 
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
@@ -207,10 +206,10 @@ def train_encoder_stage1(encoder: nn.Module, images_B, triplets, cfg: Optional[S
     if not params:
         raise ValueError("encoder: has no trainable parameters")
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), fused=cuda)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and cfg.amp) else contextlib.nullcontext()
+    use_amp = bool(cuda and cfg.amp)
 
     def loss_fn(x: Tensor, b: int):
-        with amp:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             z = encoder(x)
         z = (z[0] if isinstance(z, (tuple, list)) else z).float()
         za, zp, zn = z[:b], z[b:2 * b], z[2 * b:]
