@@ -531,3 +531,60 @@ def test_public_ops_on_triton_backend(triton_device):
     v64 = R.gram_vectors_reference([f.double() for f in fx])
     bound = _pairwise_bound(v64, R.gram_vectors_reference([f.double() for f in fy])).diagonal()
     assert ((dmat.diagonal().double() - direct).abs() <= bound + 1e-6 * direct).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA only: autotuned kernels, VGG-like sizes (split-K, several tile pairs), fp32 dot modes
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.triton
+@pytest.mark.parametrize("fp32_dot", ["tf32x3", "ieee"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_autotuned_vgg_like(monkeypatch, fp32_dot, dtype):
+    from fastep.kernels.gram import gram_launch, pairwise_launch
+
+    if dtype != torch.float32 and fp32_dot != "tf32x3":
+        pytest.skip("the fp32 dot mode only matters for float32")
+    monkeypatch.setenv("FASTEP_FP32_DOT", fp32_dot)
+    for shape, layout in [((2, 64, 96, 96), "channels_last"), ((3, 256, 24, 24), "contiguous"),
+                          ((2, 512, 16, 16), "channels_last"), ((2, 130, 20, 20), "sliced")]:
+        x = make_features(shape, dtype, "cuda", layout)
+        y = make_features(shape, dtype, "cuda", layout)
+        x64, y64 = x.double(), y.double()
+        k = shape[2] * shape[3]
+        g = gram_launch(x, autotune=True)
+        assert_elementwise(g, R.gram_reference(x64), gram_mag(x64), k, dtype)
+        d = gram_launch(x, y, out_dtype=torch.float32, autotune=True)
+        assert_elementwise(d, R.gram_reference(x64) - R.gram_reference(y64),
+                           gram_mag(x64) + gram_mag(y64), k, torch.float32)
+    d = G.gram_vector_dim([64, 128, 256])
+    for m, n in [(8, 8), (64, 40), (300, 260)]:
+        a = torch.randn(m, d, device="cuda").to(dtype)
+        b = torch.randn(n, d, device="cuda").to(dtype)
+        out = pairwise_launch(a, b, autotune=True)
+        ref = R.pairwise_style_distance_direct(a, b)
+        assert ((out.double() - ref).abs() <= _pairwise_bound(a, b)).all()
+        s = pairwise_launch(a, autotune=True)
+        assert (s.diagonal() == 0).all() and torch.equal(s, s.T)
+        assert ((s.double() - R.pairwise_style_distance_direct(a)).abs() <= _pairwise_bound(a, None)).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_style_loss_vgg_like(dtype):
+    """VGG16-like layers at 64 x 64 (relu1_2 takes the split-K path) against float64, fwd + bwd."""
+    layers = [(64, 64, 64), (128, 32, 32), (256, 16, 16), (512, 8, 8), (512, 4, 4)]
+    fx = _layers(2, layers, dtype, "cuda", "channels_last", requires_grad=True)
+    fy = _layers(2, layers, dtype, "cuda", "channels_last")
+    for f in fx + fy:
+        f.data.relu_()
+    loss = fastep.style_loss(fx, fy)
+    fx64 = [f.detach().double().requires_grad_(True) for f in fx]
+    ref = R.style_loss_reference(fx64, [f.double() for f in fy])
+    assert abs(loss.item() - ref.item()) <= 1e-3 * ref.item()
+    loss.backward()
+    ref.backward()
+    for a, a64 in zip(fx, fx64):
+        assert a.grad.is_contiguous(memory_format=torch.channels_last)
+        assert_normwise(a.grad, a64.grad, 4096, dtype, factor=8.0)
