@@ -233,7 +233,8 @@ def run_demo(*, per_style: int = 4, size: int = 64, n_palettes: int = 3, n_textu
     timings["load_net_s"] = time.perf_counter() - t0
 
     # The first call of a torch.library custom op imports torch._dynamo (seconds, once per
-    # process): timed separately so that "features" is the steady-state cost.
+    # process): timed separately so that "features" is mostly the network's compute (it still
+    # includes the first-call warm-up of the convolution backend).
     t0 = time.perf_counter()
     pairwise_style_distance(style_features(images[:1, :, :16, :16], net=_tiny_net(dev), output="vectors"))
     sync()
