@@ -34,7 +34,7 @@ def _configs():
 @triton.jit
 def _sqdist_tile_kernel(a_ptr, b_ptr, asq_ptr, bsq_ptr, out_ptr, outt_ptr, M, N, K,
                         stride_am, stride_ak, stride_bn, stride_bk, stride_om, stride_tn,
-                        WRITE_T: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        WRITE_T: tl.constexpr, DIAG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -47,6 +47,11 @@ def _sqdist_tile_kernel(a_ptr, b_ptr, asq_ptr, bsq_ptr, out_ptr, outt_ptr, M, N,
     pid_m = first_m + (pid % width) % size_m
     pid_n = (pid % width) // size_m
 
+    if DIAG:
+        # a tile of x against itself: compute the sub-tiles on/above the diagonal only and
+        # mirror them (half the GEMM work)
+        if (pid_n + 1) * BLOCK_N <= pid_m * BLOCK_M:
+            return
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -67,22 +72,34 @@ def _sqdist_tile_kernel(a_ptr, b_ptr, asq_ptr, bsq_ptr, out_ptr, outt_ptr, M, N,
     d = asq[:, None] + bsq[None, :] - 2.0 * acc
     d = tl.maximum(d, 0.0)
     omask = mask_m[:, None] & mask_n[None, :]
-    tl.store(out_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :], d, mask=omask)
+    if DIAG:  # upper part (incl. the diagonal) written here; the lower part only by mirroring
+        smask = omask & (rn[None, :] >= rm[:, None])
+    else:
+        smask = omask
+    tl.store(out_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :], d, mask=smask)
     if WRITE_T:
         tl.store(outt_ptr + rn[None, :].to(tl.int64) * stride_tn + rm[:, None], d, mask=omask)
+    if DIAG:
+        # mirror: out[n, m] = d[m, n] for the strictly-lower part this program owns
+        lower = omask & (rn[None, :] > rm[:, None])
+        tl.store(out_ptr + rn[None, :].to(tl.int64) * stride_om + rm[:, None], d, mask=lower)
 
 
-_autotuned = triton.autotune(configs=_configs(), key=["M", "N", "K", "WRITE_T"])(_sqdist_tile_kernel)
+_autotuned = triton.autotune(configs=_configs(), key=["M", "N", "K", "WRITE_T", "DIAG"])(_sqdist_tile_kernel)
 
 
 def sqdist_tile(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: torch.Tensor, *,
                 out: Optional[torch.Tensor] = None, out_t: Optional[torch.Tensor] = None,
-                write_t: bool = False):
+                write_t: bool = False, diagonal: bool = False):
     """Float32 tile max(a_sq + b_sq - 2 a b^T, 0) of shape [M, N] (and its transpose if write_t).
 
     a [M, K], b [N, K]: same dtype (float16/bfloat16/float32), unit stride along K; a_sq [M] and
     b_sq [N] float32 (squared norms of the exact vectors).  Returns (out, out_t or None).
+    ``diagonal=True`` declares b is a (the self tile): only sub-tiles on or above the diagonal
+    are computed and mirrored into the lower part (half the work; out is then symmetric).
     """
+    if diagonal and (a.data_ptr() != b.data_ptr() or a.shape != b.shape):
+        raise ValueError("diagonal: a and b must be the same tensor")
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"a, b: expected [M, K] and [N, K], got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.dtype != b.dtype:
@@ -104,5 +121,6 @@ def sqdist_tile(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: torc
     tptr = out_t if write_t else out
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     _autotuned[grid](a, b, a_sq, b_sq, out, tptr, M, N, K, a.stride(0), a.stride(1), b.stride(0),
-                     b.stride(1), out.stride(0), tptr.stride(0), WRITE_T=bool(write_t))
+                     b.stride(1), out.stride(0), tptr.stride(0), WRITE_T=bool(write_t),
+                     DIAG=bool(diagonal))
     return out, (out_t if write_t else None)

@@ -343,7 +343,12 @@ def _default_budget(device: torch.device) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free * 0.6)
-    return 2 << 30
+    try:  # 40% of the memory available now
+        with open("/proc/meminfo") as f:
+            info = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in f if ":" in l}
+        return int(0.4 * info.get("MemAvailable", 5 << 30))
+    except (OSError, ValueError):
+        return 2 << 30
 
 
 def _block_rows(n: int, dim: int, compute_es: int, src_es: int, budget: int, symmetric_cols: bool) -> int:
@@ -469,22 +474,32 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
     dim = src.dim
     stage = _Stager()
 
-    # ---- 1. statistics: mean, centred norms -------------------------------------------------
+    # ---- 1. statistics: mean, centred norms (and the resident centred copy when it fits) -----
     src_es = torch.empty(0, dtype=src.dtype).element_size()
-    stat_rows = max(1, min(n, budget // max(1, dim * (src_es + 8 + 8))))
+    ces = torch.empty(0, dtype=compute_dtype).element_size()
+    stat_rows = max(1, min(n, (256 << 20) // max(1, dim * 8), budget // max(1, dim * (src_es + 24))))
     total = torch.zeros(dim, dtype=torch.float64, device=device)
     for s in range(0, n, stat_rows):
         total += src.rows(s, min(n, s + stat_rows), device, stage).double().sum(0)
     mu32 = (total / n).float()
     mu64 = mu32.double()
+    # Resident: the centred vectors in the compute precision fit the budget (with room for
+    # tiles); they are converted once and the tiles are views.  Otherwise blocks are streamed.
+    resident = n * dim * ces <= 0.6 * budget
+    xall = torch.empty((n, dim), dtype=compute_dtype, device=device) if resident else None
     sq = torch.empty(n, dtype=torch.float64)
     q4 = torch.empty(n, dtype=torch.float64)
     for s in range(0, n, stat_rows):
-        c = src.rows(s, min(n, s + stat_rows), device, stage).double() - mu64
-        c2 = c * c
-        sq[s:s + c.shape[0]] = c2.sum(1).cpu()
-        q4[s:s + c.shape[0]] = (c2 * c2).sum(1).pow(0.25).cpu()  # |c|_4
+        e = min(n, s + stat_rows)
+        x = src.rows(s, e, device, stage)
+        c = x.double() - mu64
+        c2 = c.square_()
+        sq[s:e] = c2.sum(1).cpu()
+        q4[s:e] = c2.square_().sum(1).pow(0.25).cpu()  # |c|_4
         del c, c2
+        if resident:
+            xall[s:e] = (x.float() - mu32).to(compute_dtype)
+        del x
     norms = sq.sqrt()
     sq_dev = sq.to(device)
 
@@ -495,12 +510,23 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
     near_i = torch.full((n, kn2), _EMPTY, dtype=torch.int64, device=device)
     far_d = torch.full((n, kf2), -math.inf, dtype=torch.float32, device=device)
     far_i = torch.full((n, kf2), _EMPTY, dtype=torch.int64, device=device)
-    ces = torch.empty(0, dtype=compute_dtype).element_size()
-    B = int(block_rows) if block_rows else _block_rows(n, dim, ces, src_es, budget, True)
+    if block_rows:
+        B = int(block_rows)
+    elif resident:
+        # Tiles: symmetric pairs, so smaller blocks waste less on the diagonal tiles (CPU); on
+        # CUDA the Triton kernel skips the lower half of diagonal tiles, big tiles fill the GPU.
+        B = 256 if device.type == "cpu" else 4096
+        while B > 64 and 8 * B * B > 0.3 * budget:
+            B //= 2
+        B = min(n, B)
+    else:
+        B = _block_rows(n, dim, ces, src_es, budget, True)
     use_triton = device.type == "cuda" and _ext.backend_for("sqdist_tile", device) == "triton"
     sub = max(1, (64 << 20) // max(1, dim * 8))
 
     def load_block(s: int, e: int) -> Tensor:
+        if resident:
+            return xall[s:e]
         out = torch.empty((e - s, dim), dtype=compute_dtype, device=device)
         for t in range(s, e, sub):
             u = min(e, t + sub)
@@ -525,7 +551,8 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
             sym = sj != si
             if use_triton:
                 from fastep.kernels import mining as _k
-                d, dt = _k.sqdist_tile(Xi, Xj, sq_dev[si:ei].float(), sq_dev[sj:ej].float(), write_t=sym)
+                d, dt = _k.sqdist_tile(Xi, Xj, sq_dev[si:ei].float(), sq_dev[sj:ej].float(),
+                                       write_t=sym, diagonal=not sym)
                 _topk_update_impl(d, None, None, si, sj, near_d, near_i, far_d, far_i, False)
                 if sym:
                     _topk_update_impl(dt, None, None, sj, si, near_d, near_i, far_d, far_i, False)
@@ -540,7 +567,7 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
                 del dots
             if bar is not None:
                 bar.update(1)
-        del Xi, Xj
+        del Xi, Xj, xall
     if bar is not None:
         bar.close()
 
@@ -549,7 +576,7 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
                       device.type, bound, lam)
     exact = _ExactPairs(src, device, budget)
     info: Dict[str, object] = dict(n=n, dim=dim, distance=dist_name, compute_dtype=str(compute_dtype),
-                                   device=str(device), block_rows=B, tiles=len(pairs), bound=bound,
+                                   device=str(device), block_rows=B, resident=resident, tiles=len(pairs), bound=bound,
                                    lam=lam, margin=margin, eps_max=float(eps.max()),
                                    eps_rel_median=float((eps / sq.clamp_min(1e-300)).median()))
     near = _finish(near_d.cpu(), near_i.cpu(), k_near, eps, exact, n, False, rerank)

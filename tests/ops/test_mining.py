@@ -268,6 +268,21 @@ def test_triton_sqdist_tile(triton_device, dtype):
 
 
 @pytest.mark.triton
+def test_triton_sqdist_tile_diagonal(triton_device):
+    from fastep.kernels import mining as K
+
+    a = torch.rand(70, 24) - 0.5
+    sa = (a.double() ** 2).sum(1)
+    ad = a.to(triton_device)
+    out, _ = K.sqdist_tile(ad, ad, sa.float().to(triton_device), sa.float().to(triton_device),
+                           diagonal=True)
+    out = out.cpu()
+    assert torch.equal(out, out.t())  # mirrored, deterministic
+    torch.testing.assert_close(out.double(), torch.cdist(a.double(), a.double()).square(),
+                               rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.triton
 def test_triton_tile_feeds_selection(triton_device):
     # The CUDA pipeline's structure (Triton tile + its transpose -> selection), checked end to end.
     from fastep.kernels import mining as K
