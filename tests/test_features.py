@@ -85,6 +85,20 @@ def test_builds_cached_random_net_from_preset():
     clear_net_cache()
 
 
+def test_cached_net_from_file_is_refreshed_when_the_file_changes(tmp_path):
+    clear_net_cache()
+    path = tmp_path / "w.pth"
+    torch.save(random_state_dict("vgg16", seed=1), path)
+    a = get_style_net(["relu1_1"], weights=path)
+    assert get_style_net(["relu1_1"], weights=str(path)) is a
+    torch.save(random_state_dict("vgg16", seed=2), path)
+    import os
+    os.utime(path, ns=(1, 1))  # a different mtime even on coarse-clock file systems
+    b = get_style_net(["relu1_1"], weights=path)
+    assert b is not a and not torch.equal(a.features[0].weight, b.features[0].weight)
+    clear_net_cache()
+
+
 def test_imagenet_default_is_not_silently_random(tmp_path, monkeypatch):
     clear_net_cache()
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))

@@ -129,6 +129,16 @@ def test_weights_from_file(tmp_path):
     assert torch.equal(a, b)
 
 
+def test_imagenet_found_offline_in_weights_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FASTEP_WEIGHTS_DIR", str(tmp_path))
+    torch.save(_sd("vgg16"), tmp_path / "vgg16-397923af.pth")  # torchvision's file name
+    x = torch.rand(1, 3, 8, 8) * 2 - 1
+    a = VGGFeatures("vgg16", ["relu1_2"])(x)[0]  # weights="imagenet" is the default
+    b = VGGFeatures("vgg16", ["relu1_2"], weights=_sd("vgg16"))(x)[0]
+    assert torch.equal(a, b)
+
+
 def test_imagenet_absent_raises(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv("FASTEP_WEIGHTS_DIR", raising=False)
