@@ -231,6 +231,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     rows = speedup_table(_RECORDS)
     terminalreporter.write_sep("=", "fastep benchmark table")
     terminalreporter.write_line(markdown_table(rows))
+    train = [r for r in _RECORDS if r.group == "train_time" and "s_per_kimg" in r.extra]
+    if train:  # the training-time suite (engineer G): `fastep bench` adds the paper's numbers
+        terminalreporter.write_sep("=", "fastep training time (s/kimg, median)")
+        for r in train:
+            e = r.extra
+            terminalreporter.write_line(f"{e.get('approach', '?'):<11} {e.get('which', ''):<4} "
+                                        f"{r.impl:<9} batch {e.get('batch', '?'):>4}: "
+                                        f"{e['s_per_kimg']:.4g} s/kimg")
     out = config.getoption("--fastep-results")
     if out:
         out_dir = Path(out)

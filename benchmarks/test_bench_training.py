@@ -47,6 +47,8 @@ if CFG.results_jsonl:  # the header: environment and configuration of this run
 
 # (approach, impl) -> the b8 record (its memory per image seeds the max-batch search)
 _B8 = {}
+# (impl, which) -> wall seconds of the last such case (to skip cases that cannot finish in time)
+_DURATION = {}
 
 #: SPEC.md: an Ours v3 / stage 3 step is about 300 GFLOP per image at 256 x 256.
 _OURS_V3_FLOP_PER_IMAGE_256 = 300e9
@@ -59,51 +61,61 @@ def _write(record):
 
 
 def _time_case(fastep_bench, device, approach, impl, which, batch, cap_bytes):
-    """Build, compile, warm up and time one case; returns the record (a dict)."""
+    """Build, compile, warm up and time one case; returns the record (a dict).  Whatever happens,
+    the step and its tensors are released before returning (even when an OOM traceback keeps
+    this frame alive), so the next case starts from an empty device."""
     cuda = device.startswith("cuda")
     bench.reset_compiler()
     bench.free_memory()
-    with bench.memory_cap(cap_bytes, device):
-        step = bench.make_step(approach, batch, CFG.resolution, impl, device, compile=CFG.compile,
-                               cuda_graphs=CFG.cuda_graphs, model_overrides=CFG.model_overrides,
-                               perceptual_backbone=CFG.perceptual_backbone)
-        A, B = bench.random_batch(batch, CFG.resolution, device)
-        bench.sync(device)
-        t0 = time.perf_counter()
-        step(A, B)  # compiles on the fast path
-        bench.sync(device)
-        first = time.perf_counter() - t0
-        static = peak = None
-        if cuda:
-            static = torch.cuda.memory_allocated()  # weights, grads, optimizer state at rest
-            torch.cuda.reset_peak_memory_stats()
-            step(A, B)
+    step = A = B = None
+    try:
+        with bench.memory_cap(cap_bytes, device):
+            step = bench.make_step(approach, batch, CFG.resolution, impl, device,
+                                   compile=CFG.compile, cuda_graphs=CFG.cuda_graphs,
+                                   model_overrides=CFG.model_overrides,
+                                   perceptual_backbone=CFG.perceptual_backbone)
+            A, B = bench.random_batch(batch, CFG.resolution, device)
             bench.sync(device)
-            peak = torch.cuda.max_memory_allocated()
-        flops = (_OURS_V3_FLOP_PER_IMAGE_256 * batch * (CFG.resolution / 256) ** 2
-                 if approach == "ours_v3" else None)
-        rec = fastep_bench(lambda: step(A, B), group="train_time",
-                           case=f"{approach}_{which}_b{batch}_r{CFG.resolution}", impl=impl,
-                           device=device, flops=flops, warmup=CFG.warmup, rounds=CFG.steps,
-                           approach=approach, which=which, batch=batch,
-                           resolution=CFG.resolution)
-        s_per_kimg = rec.median_s * 1000.0 / batch
-        rec.extra["s_per_kimg"] = s_per_kimg
-        out = {
-            "status": "ok", "approach": approach, "impl": impl, "which": which, "batch": batch,
-            "resolution": CFG.resolution, "device": device, "median_s": rec.median_s,
-            "mean_s": rec.mean_s, "rounds": rec.rounds, "s_per_kimg": s_per_kimg,
-            "first_call_s": first,
-            "peak_mem_bytes": peak if cuda else rec.peak_mem_bytes,
-            "peak_mem_kind": "cuda_max_allocated" if cuda else rec.peak_mem_kind,
-            "static_mem_bytes": static, "switches": bench.effective_switches(step, impl, device, CFG.compile,
-                                                            CFG.cuda_graphs),
-            "images_per_call": getattr(step, "images_per_call", batch),
-        }
-        del step, A, B
-    bench.reset_compiler()
-    bench.free_memory()
-    return out
+            t0 = time.perf_counter()
+            step(A, B)  # compiles on the fast path
+            bench.sync(device)
+            first = time.perf_counter() - t0
+            static = peak = reserved = None
+            if cuda:
+                static = torch.cuda.memory_allocated()  # weights, grads, optimizer state at rest
+                torch.cuda.reset_peak_memory_stats()
+                step(A, B)
+                bench.sync(device)
+                peak = torch.cuda.max_memory_allocated()
+                reserved = torch.cuda.max_memory_reserved()
+            flops = (_OURS_V3_FLOP_PER_IMAGE_256 * batch * (CFG.resolution / 256) ** 2
+                     if approach == "ours_v3" else None)
+            rec = fastep_bench(lambda: step(A, B), group="train_time",
+                               case=f"{approach}_{which}_b{batch}_r{CFG.resolution}", impl=impl,
+                               device=device, flops=flops, warmup=CFG.warmup, rounds=CFG.steps,
+                               approach=approach, which=which, batch=batch,
+                               resolution=CFG.resolution)
+            s_per_kimg = rec.median_s * 1000.0 / batch
+            rec.extra["s_per_kimg"] = s_per_kimg
+            return {
+                "status": "ok", "approach": approach, "impl": impl, "which": which,
+                "batch": batch, "resolution": CFG.resolution, "device": device,
+                "median_s": rec.median_s, "mean_s": rec.mean_s, "rounds": rec.rounds,
+                "s_per_kimg": s_per_kimg, "first_call_s": first,
+                "peak_mem_bytes": peak if cuda else rec.peak_mem_bytes,
+                "peak_mem_kind": "cuda_max_allocated" if cuda else rec.peak_mem_kind,
+                "static_mem_bytes": static, "peak_reserved_bytes": reserved,
+                "mem_cap_bytes": cap_bytes,
+                "within_cap": (None if cap_bytes is None or reserved is None
+                               else reserved <= cap_bytes),
+                "switches": bench.effective_switches(step, impl, device, CFG.compile,
+                                                     CFG.cuda_graphs),
+                "images_per_call": getattr(step, "images_per_call", batch),
+            }
+    finally:
+        step = A = B = None  # noqa: F841 - drop the references held by this frame
+        bench.reset_compiler()
+        bench.free_memory()
 
 
 @pytest.mark.parametrize("approach,impl,which", CASES,
@@ -111,12 +123,17 @@ def _time_case(fastep_bench, device, approach, impl, which, batch, cap_bytes):
 def test_train_time(fastep_bench, device, approach, impl, which):
     base = {"approach": approach, "impl": impl, "which": which, "device": device,
             "resolution": CFG.resolution}
-    if CFG.deadline and time.time() > CFG.deadline:
-        _write({**base, "status": "skipped (time budget)"})
-        pytest.skip("time budget of `fastep bench --time-budget` used up")
+    if CFG.deadline:
+        expect = _DURATION.get((impl, which), _DURATION.get((impl, "b8"), 0.0))
+        if time.time() + expect > CFG.deadline:
+            _write({**base, "status": "skipped (time budget)"})
+            pytest.skip("time budget of `fastep bench --time-budget` used up "
+                        f"(a {impl}/{which} case took {expect:.0f} s)")
+    t_case = time.time()
     cuda = device.startswith("cuda")
     cap = CFG.mem_cap_gib * bench.GIB if cuda else None
     search = None
+    failure = None
     try:
         if which == "b8":
             batch = CFG.batch
@@ -143,12 +160,15 @@ def test_train_time(fastep_bench, device, approach, impl, which):
             # The timed run does more steps than a probe; if allocator state makes the found
             # batch fail now, step down (and say so) rather than lose the case.
             for attempt in range(4):
+                oom = False
                 try:
                     record = _time_case(fastep_bench, device, approach, impl, which, batch, cap)
                     break
                 except Exception as err:  # noqa: BLE001
                     if not bench.is_oom(err) or attempt == 3 or batch == 1:
                         raise
+                    oom = True
+                if oom:  # outside the except block: the OOM traceback is gone
                     bench.free_memory()
                     search.probes.append((batch, False))
                     batch = max(1, min(batch - 1, int(batch * 0.95)) if predict else batch - 1)
@@ -162,12 +182,19 @@ def test_train_time(fastep_bench, device, approach, impl, which):
             if not predict and batch != search.max_batch:
                 record["note"] = (f"search found {search.max_batch} but the timed run at that batch "
                                   f"ran out of memory; timed at {batch}")
+        record["case_wall_s"] = time.time() - t_case
+        _DURATION[(impl, which)] = record["case_wall_s"]
         _write(record)
         print(f"{approach}/{impl}/{which}: batch {record['batch']}: "
               f"{record['s_per_kimg']:.4g} s/kimg, first call {record['first_call_s']:.1f} s")
-    except Exception as err:
-        _write({**base, "status": "error", "error": f"{type(err).__name__}: {err}"[:500],
-                "search": search.to_dict() if search else None,
-                "traceback": traceback.format_exc()[-3000:]})
+    except Exception as err:  # noqa: BLE001
+        failure = {**base, "status": "error", "error": f"{type(err).__name__}: {err}"[:500],
+                   "search": search.to_dict() if search else None,
+                   "traceback": traceback.format_exc()[-3000:]}
+    if failure is not None:
+        # fail without handing pytest the traceback: its frames would pin device memory (the
+        # models of this case) for the rest of the session; the traceback is in the record
+        _write(failure)
         bench.free_memory()
-        raise
+        pytest.fail(f"{approach}/{impl}/{which}: {failure['error']}\n{failure['traceback']}",
+                    pytrace=False)

@@ -48,6 +48,7 @@ BENCH_DIR = REPO_ROOT / "benchmarks"
 TRAIN_BENCH_FILE = "test_bench_training.py"
 CONFIG_ENV = "FASTEP_TRAIN_BENCH"  # JSON config handed from `fastep bench` to the suite
 FACTORY_ENV = "FASTEP_BENCH_STEP_FACTORY"  # "module:function" replacing make_step (tests, dev)
+DEFAULT_CUDA_BUDGET_S = 540.0
 GIB = 2 ** 30
 MIB = 2 ** 20
 
@@ -811,6 +812,10 @@ def build_report(records: Sequence[Dict[str, Any]], cfg: BenchConfig, env: Dict[
                and p.get("resolution") == cfg.resolution]
         extra_best = min(pts) if pts else None
     problems = [r for r in records if r.get("status", "ok") != "ok"]
+    problems += [{**r, "status": "cap not enforced",
+                  "error": f"peak reserved {r.get('peak_reserved_bytes', 0) / GIB:.2f} GiB > cap "
+                           f"{r.get('mem_cap_bytes', 0) / GIB:.2f} GiB"}
+                 for r in records if r.get("within_cap") is False]
     return {
         "kind": "fastep training-time benchmark",
         "env": env,
@@ -964,7 +969,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scaling-resolutions", type=_csv_ints, default=None,
                         help="default 128,256,512 (quick: 32,64)")
     parser.add_argument("--time-budget", type=float, default=None,
-                        help="seconds; cases that would start later are skipped and listed")
+                        help="seconds for the whole run; cases that cannot finish in time are "
+                             "skipped and listed (default 540 on CUDA: one 10-minute GPU call "
+                             "always returns a report; 0: no limit)")
     parser.add_argument("--merge", action="store_true",
                         help="keep earlier records in --out for approaches not run now "
                              "(split a long run over several calls)")
@@ -995,8 +1002,11 @@ def config_from_args(args: argparse.Namespace, device: str) -> BenchConfig:
     if args.compile is not None:
         cfg.compile = args.compile
     cfg.cuda_graphs = args.cuda_graphs
-    if args.time_budget:
-        cfg.deadline = time.time() + args.time_budget
+    budget = args.time_budget
+    if budget is None and device == "cuda":
+        budget = DEFAULT_CUDA_BUDGET_S
+    if budget:
+        cfg.deadline = time.time() + budget
     return cfg
 
 
@@ -1077,7 +1087,8 @@ def run(args: argparse.Namespace) -> int:
 
     env = dict(os.environ)
     env[CONFIG_ENV] = cfg.to_env()
-    env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    # (the allocator is left at its defaults: the memory-fraction cap is enforced by the plain
+    # caching allocator; every record carries the peak *reserved* memory to prove it)
     if cfg.quick:
         # one intra-op thread: on a shared 2-core machine OpenMP's spinning threads make a CPU
         # step 10-20x slower under load; the quick mode checks the suite, not speeds
