@@ -127,8 +127,9 @@ class VGGFeatures(nn.Module):
         download: with ``weights="imagenet"``, explicitly allow fetching the file.
 
     The module is in eval mode with ``requires_grad=False`` parameters (gradients still flow to
-    the input images).  ``forward(images)`` takes float images ``(N, 3, H, W)`` and returns a
-    list of feature maps, one per requested layer.  ``.channels`` lists their channel counts.
+    the input images).  ``forward(images)`` takes float images ``(N, 3, H, W)`` (cast to the
+    network's dtype; under ``torch.autocast`` the convolutions run in the autocast dtype) and
+    returns a list of feature maps, one per requested layer.  ``.channels`` lists their channel counts.
     """
 
     def __init__(self, arch: Optional[str] = None, layers: Union[str, Sequence[str], None] = None,
@@ -237,6 +238,9 @@ class VGGFeatures(nn.Module):
     def forward(self, images: torch.Tensor) -> List[torch.Tensor]:
         self.check_images(images)
         x = images
+        w = self.features[0].weight
+        if x.dtype != w.dtype:  # e.g. bf16 images into an fp32 network: compute in the network's dtype
+            x = x.to(w.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.normalize(x)

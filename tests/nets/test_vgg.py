@@ -171,6 +171,10 @@ def test_bf16_autocast_cpu():
         assert o.dtype == torch.bfloat16
         rel = ((o.float() - r).norm() / r.norm()).item()
         assert rel < 5e-2
+    # half images into the fp32 network are computed in fp32
+    o16 = net(x.bfloat16())
+    assert o16[0].dtype == torch.float32
+    torch.testing.assert_close(o16[0], net(x.bfloat16().float())[0])
     # a bf16 model on bf16 input also works
     outs16 = VGGFeatures("vgg16", ["relu2_2"], weights=_sd("vgg16")).to(torch.bfloat16)(x.bfloat16())
     assert outs16[0].dtype == torch.bfloat16
