@@ -270,7 +270,7 @@ def _lpips_tile(f0_ptr, f1_ptr, w_ptr, n, pblk, C, HW,
 
 
 @triton.jit
-def _lpips_fwd_kernel(out_ptr, f0_ptr, f1_ptr, w_ptr, C, HW, NPB,
+def _lpips_fwd_kernel(out_ptr, f0_ptr, f1_ptr, w_ptr, C, HW, NPB, out_stride, col0, scale,
                       s0n, s0c, s0p, s1n, s1c, s1p, eps,
                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
@@ -281,7 +281,7 @@ def _lpips_fwd_kernel(out_ptr, f0_ptr, f1_ptr, w_ptr, C, HW, NPB,
     d = a * ia[:, None] - b * ib[:, None]
     v = tl.sum(d * d * w[None, :], axis=1)
     v = tl.where(mp, v, 0.0)
-    tl.store(out_ptr + pid, tl.sum(v, axis=0))
+    tl.store(out_ptr + n64 * out_stride + col0 + pblk, tl.sum(v, axis=0) * scale)
 
 
 @triton.jit
@@ -340,21 +340,39 @@ def _check_lpips(f0: torch.Tensor, f1: torch.Tensor, w: torch.Tensor):
         raise ValueError(f"f0: at most 4096 channels supported, got {f0.shape[1]}")
 
 
+def lpips_fwd(f0s: Sequence[torch.Tensor], f1s: Sequence[torch.Tensor], ws: Sequence[torch.Tensor],
+              eps: float = 1e-10) -> torch.Tensor:
+    """Per-sample LPIPS distance summed over layers (float32 (N,)).
+
+    One launch per layer writes pre-scaled partial sums into one shared (N, sum of blocks)
+    buffer; a single row sum finishes all layers (no per-layer temporaries or reductions)."""
+    plans = []
+    for f0, f1, w in zip(f0s, f1s, ws):
+        _check_lpips(f0, f1, w)
+        N, C, H, W = f0.shape
+        f0, st0 = _pix_strides(f0)
+        f1, st1 = _pix_strides(f1)
+        block_p, block_c, nw = _lpips_blocks(C, H * W)
+        plans.append((f0, f1, w.reshape(-1).to(torch.float32).contiguous(), C, H * W, st0, st1,
+                      block_p, block_c, nw, triton.cdiv(H * W, block_p)))
+    N = f0s[0].shape[0]
+    cols = sum(p[-1] for p in plans)
+    part = torch.empty(N, cols, device=f0s[0].device, dtype=torch.float32)
+    col0 = 0
+    for f0, f1, w, C, HW, st0, st1, block_p, block_c, nw, npb in plans:
+        if f0.shape[0] != N:
+            raise ValueError(f"f0s: batch sizes differ across layers ({f0.shape[0]} vs {N})")
+        if N * npb > 0:
+            _lpips_fwd_kernel[(N * npb,)](part, f0, f1, w, C, HW, npb, cols, col0, 1.0 / HW,
+                                          *st0, *st1, float(eps),
+                                          BLOCK_P=block_p, BLOCK_C=block_c, num_warps=nw)
+        col0 += npb
+    return part.sum(1)
+
+
 def lpips_layer_fwd(f0: torch.Tensor, f1: torch.Tensor, w: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     """Per-sample LPIPS layer distance (float32 tensor of shape (N,))."""
-    _check_lpips(f0, f1, w)
-    N, C, H, W = f0.shape
-    HW = H * W
-    f0, st0 = _pix_strides(f0)
-    f1, st1 = _pix_strides(f1)
-    w = w.reshape(-1).to(torch.float32).contiguous()
-    block_p, block_c, nw = _lpips_blocks(C, HW)
-    npb = triton.cdiv(HW, block_p)
-    part = torch.empty(N * npb, device=f0.device, dtype=torch.float32)
-    if N * npb > 0:
-        _lpips_fwd_kernel[(N * npb,)](part, f0, f1, w, C, HW, npb, *st0, *st1, float(eps),
-                                      BLOCK_P=block_p, BLOCK_C=block_c, num_warps=nw)
-    return part.view(N, npb).sum(1) / HW
+    return lpips_fwd([f0], [f1], [w], eps)
 
 
 def lpips_layer_bwd(grad: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor, w: torch.Tensor,
@@ -388,4 +406,4 @@ def lpips_layer_bwd(grad: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor, w: t
 
 
 __all__ = ["MAX_LAYERS", "weighted_feature_distance_fwd", "weighted_feature_distance_bwd",
-           "lpips_layer_fwd", "lpips_layer_bwd"]
+           "lpips_fwd", "lpips_layer_fwd", "lpips_layer_bwd"]

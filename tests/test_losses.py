@@ -1,5 +1,6 @@
 """fastep.losses: PerceptualLoss vs a plain pix2pixHD-style VGGLoss, StyleLoss, GAN losses, R1,
 feature matching, input checks."""
+import contextlib
 import warnings
 
 import pytest
@@ -15,6 +16,17 @@ from fastep.nets.weights import VGG_CFGS, random_state_dict
 SLICES = {"pix2pixhd": ("vgg19", [(0, 2), (2, 7), (7, 12), (12, 21), (21, 30)]),
           "vgg16": ("vgg16", [(0, 4), (4, 9), (9, 14), (14, 21), (21, 28)])}
 SEED = 7
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    """fp32 comparisons on CUDA: keep cuDNN/cuBLAS from using TF32 (10-bit mantissa)."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def _tv_features(arch):
@@ -365,3 +377,34 @@ def test_perceptual_cuda_amp_close_to_fp32():
     torch.testing.assert_close(v, v32, rtol=3e-2, atol=1e-5)
     cos = F.cosine_similarity(xg.grad.flatten(), x32.grad.flatten(), dim=0)
     assert cos > 0.98
+
+
+@pytest.mark.triton
+def test_perceptual_through_triton_backend(triton_device):
+    """End to end through the fused op on its Triton backend (CUDA, or CPU interpreter), fp32."""
+    from fastep import _ext
+
+    with _ext.force_backend("triton"), _no_tf32():  # CPU ops default to the reference
+        assert _ext.backend_for("weighted_feature_distance", triton_device) == "triton"
+        fast = L.PerceptualLoss("pix2pixhd", backbone_weights="random", seed=SEED, amp=False).to(triton_device)
+        plain = VGGLoss("pix2pixhd", nn.L1Loss()).to(triton_device)
+        x, y = _images().to(triton_device), _images().to(triton_device)
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        v, v_ref = fast(x1, y), plain(x2, y)
+        v.backward()
+        v_ref.backward()
+        torch.testing.assert_close(v, v_ref, rtol=1e-4, atol=1e-7)
+        _close_grad(x1.grad, x2.grad, 2e-2)
+
+
+def test_perceptual_module_compiles_fullgraph():
+    torch._dynamo.reset()
+    m = L.PerceptualLoss("vgg16", backbone_weights="random", seed=SEED)
+    x, y = _images(), _images()
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    v = torch.compile(m, backend="aot_eager", fullgraph=True)(x1, y)
+    v.backward()
+    v_ref = m(x2, y)
+    v_ref.backward()
+    torch.testing.assert_close(v, v_ref)
+    torch.testing.assert_close(x1.grad, x2.grad)

@@ -1,4 +1,5 @@
 """fastep.losses.LPIPS against the lpips package (v0.1 heads), same seeded random backbone."""
+import contextlib
 import warnings
 
 import pytest
@@ -11,6 +12,17 @@ from fastep.nets.weights import random_state_dict
 lpips = pytest.importorskip("lpips")
 
 SEED = 11
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    """fp32 comparisons on CUDA: keep cuDNN/cuBLAS from using TF32 (10-bit mantissa)."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 ARCH = {"alex": "alexnet", "vgg": "vgg16"}
 SIZE = {"alex": 64, "vgg": 16}
 
@@ -180,6 +192,11 @@ def test_lpips_bad_input(pair, tmp_path):
 
 @pytest.mark.cuda
 def test_lpips_cuda_equals_package(pair):
+    with _no_tf32():
+        _lpips_cuda_equals_package(pair)
+
+
+def _lpips_cuda_equals_package(pair):
     fast, ref = pair("alex")
     fast, ref = fast.cuda(), ref.cuda()
     try:
@@ -194,3 +211,22 @@ def test_lpips_cuda_equals_package(pair):
     finally:
         fast.cpu()
         ref.cpu()
+
+
+@pytest.mark.triton
+def test_lpips_through_triton_backend_equals_package(triton_device):
+    """End to end through the fused op on its Triton backend (CUDA, or CPU interpreter)."""
+    from fastep import _ext
+
+    with _ext.force_backend("triton"), _no_tf32():  # CPU ops default to the reference
+        assert _ext.backend_for("lpips_distance", triton_device) == "triton"
+        fast = L.LPIPS("alex", backbone_weights="random", seed=SEED, channels_last=True).to(triton_device)
+        ref = _reference("alex").to(triton_device)
+        a, b = (t.to(triton_device) for t in _images("alex", n=2))
+        a1, a2 = a.clone().requires_grad_(), a.clone().requires_grad_()
+        v, v_ref = fast(a1, b), ref(a2, b)
+        torch.testing.assert_close(v, v_ref, rtol=1e-4, atol=1e-6)
+        v.sum().backward()
+        v_ref.sum().backward()
+        err = (a1.grad - a2.grad).norm() / a2.grad.norm()
+        assert err < 1e-3

@@ -169,12 +169,7 @@ def weighted_feature_distance(xs: Sequence[Tensor], ys: Sequence[Tensor],
 @torch.library.custom_op("fastep::lpips_distance", mutates_args=())
 def _lpips(f0s: List[Tensor], f1s: List[Tensor], lin_weights: List[Tensor], eps: float) -> Tensor:
     if _use_triton("lpips_distance", list(f0s) + list(f1s)):
-        K = _kernels()
-        total = None
-        for f0, f1, w in zip(f0s, f1s, lin_weights):
-            d = K.lpips_layer_fwd(f0, f1, w, eps)
-            total = d if total is None else total + d
-        return total.to(_out_dtype(f0s[0]))
+        return _kernels().lpips_fwd(f0s, f1s, lin_weights, eps).to(_out_dtype(f0s[0]))
     return _ref.lpips_distance_reference(f0s, f1s, lin_weights, eps).to(_out_dtype(f0s[0])).contiguous()
 
 

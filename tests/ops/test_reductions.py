@@ -248,6 +248,13 @@ def test_triton_lpips(triton_device, dtype):
         only0, none = K.lpips_layer_bwd(go, f0, f1, w, need_g0=True, need_g1=False)
         assert none is None
         torch.testing.assert_close(only0, g0)
+    # all layers at once (one shared partial-sum buffer)
+    f0s = [torch.randn(s, device=triton_device).to(dtype) for s in LP_SHAPES]
+    f1s = [torch.randn(s, device=triton_device).to(dtype) for s in LP_SHAPES]
+    ws = [torch.rand(s[1], device=triton_device) for s in LP_SHAPES]
+    out = K.lpips_fwd(f0s, f1s, ws)
+    expected = _lpips64([f.cpu() for f in f0s], [f.cpu() for f in f1s], [w.cpu() for w in ws])
+    torch.testing.assert_close(out.double().cpu(), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.cuda
