@@ -16,7 +16,7 @@
 * ``lpips`` forward (metric use, no_grad) at batch 64 of 256 x 256 pairs (CPU: 2 at 64 x 64).
   baseline: ``lpips.LPIPS(net="alex")`` (the package, fp32) with the same random backbone;
   ``fastep``: ``fastep.losses.LPIPS("alex")`` in fp32 (equal values); ``fastep_bf16``: with
-  ``amp="auto"`` (bf16 backbone on CUDA).  Also ``lpips_vgg`` at batch 16 (CPU: 1 at 32 x 32).
+  ``amp="auto"`` (bf16 backbone on CUDA); ``fastep_nchw``: fp32 without channels_last.  Also ``lpips_vgg`` at batch 16 (CPU: 1 at 32 x 32).
 On CPU the autocast variants equal the fp32 ones and are skipped.
 
 Targets on an H100: perceptual >= 1.5x faster with <= 0.6x the baseline's peak memory; LPIPS
@@ -126,11 +126,11 @@ def _lpips_ref(net, device):
     return ref.eval().to(device)
 
 
-@pytest.mark.parametrize("impl", ["baseline", "fastep", "fastep_bf16"])
+@pytest.mark.parametrize("impl", ["baseline", "fastep", "fastep_bf16", "fastep_nchw"])
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 def test_lpips(fastep_bench, device, net, impl):
-    if device != "cuda" and impl == "fastep_bf16":
-        pytest.skip("autocast is off on CPU: same as fastep")
+    if device != "cuda" and impl in ("fastep_bf16", "fastep_nchw"):
+        pytest.skip("autocast and channels_last are off on CPU: same as fastep")
     if device == "cuda":
         n, res = (64, 256) if net == "alex" else (16, 256)
     else:
@@ -138,7 +138,8 @@ def test_lpips(fastep_bench, device, net, impl):
     if impl == "baseline":
         m = _lpips_ref(net, device)
     else:
-        m = L.LPIPS(net, backbone_weights="random", amp="auto" if impl == "fastep_bf16" else False).to(device)
+        m = L.LPIPS(net, backbone_weights="random", amp="auto" if impl == "fastep_bf16" else False,
+                    channels_last=False if impl == "fastep_nchw" else None).to(device)
     a = torch.rand(n, 3, res, res, device=device) * 2 - 1
     b = torch.rand(n, 3, res, res, device=device) * 2 - 1
 
