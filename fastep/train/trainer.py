@@ -476,8 +476,10 @@ class Trainer:
             dist.all_gather_object(rng_all, rng)
         w = model_weights(self.step)
         ckpt = dict(self.ckpt_meta)
+        # The modules' own state-dict tensors (no copies): torch.save writes each storage once, so
+        # these top-level entries and the same tensors inside train_state cost nothing extra.
         for k in ("G", "E", "D", "G_ema", "E_ema"):
-            ckpt[k] = None if w[k] is None else {n: t.detach().cpu().clone() for n, t in w[k].state_dict().items()}
+            ckpt[k] = None if w[k] is None else w[k].state_dict()
         ckpt.update({
             "stage": self.stage,
             "step": self.step_idx,
