@@ -30,7 +30,8 @@ def _paper():
 
 
 def measure_point(approach: str, batch: int, resolution: int, device: str, *, warmup: int,
-                  steps: int, compile: Optional[bool] = None, impl: str = "fastep") -> Dict[str, Any]:
+                  steps: int, compile: Optional[bool] = None, impl: str = "fastep",
+                  model_overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Time one (batch, resolution) point; OOM is recorded, not raised."""
     from fastep import bench
 
@@ -40,7 +41,8 @@ def measure_point(approach: str, batch: int, resolution: int, device: str, *, wa
                              "resolution": resolution}
     step = A = B = None
     try:
-        step = bench.make_step(approach, batch, resolution, impl, device, compile=compile)
+        step = bench.make_step(approach, batch, resolution, impl, device, compile=compile,
+                               model_overrides=model_overrides)
         A, B = bench.random_batch(batch, resolution, device)
         point.update(bench.time_steps(step, A, B, device, warmup=warmup, repeats=steps))
         point["status"] = "ok"
@@ -60,7 +62,7 @@ def measure_point(approach: str, batch: int, resolution: int, device: str, *, wa
 def run_sweep(*, device: str, batches: List[int], resolutions: List[int], base_resolution: int,
               base_batch: int, warmup: int, steps: int, compile: Optional[bool] = None,
               approach: str = "ours_v3", deadline: Optional[float] = None,
-              log=print) -> Dict[str, Any]:
+              model_overrides: Optional[Dict[str, Any]] = None, log=print) -> Dict[str, Any]:
     """Batch sweep at ``base_resolution`` and resolution sweep at ``base_batch``."""
     todo = [("batch", b, base_resolution) for b in batches]
     todo += [("resolution", base_batch, r) for r in resolutions]
@@ -74,7 +76,8 @@ def run_sweep(*, device: str, batches: List[int], resolutions: List[int], base_r
             points.append({"sweep": sweep, "approach": approach, "batch": b, "resolution": r,
                            "status": "skipped (time budget)"})
             continue
-        p = measure_point(approach, b, r, device, warmup=warmup, steps=steps, compile=compile)
+        p = measure_point(approach, b, r, device, warmup=warmup, steps=steps, compile=compile,
+                          model_overrides=model_overrides)
         done[(b, r)] = p
         points.append({**p, "sweep": sweep})
         log(f"scaling {approach} batch {b} res {r}: {p['status']}"
@@ -83,7 +86,7 @@ def run_sweep(*, device: str, batches: List[int], resolutions: List[int], base_r
     paper = _paper()
     return {"approach": approach, "impl": "fastep", "device": device,
             "base_resolution": base_resolution, "base_batch": base_batch,
-            "warmup": warmup, "steps": steps,
+            "warmup": warmup, "steps": steps, "model_overrides": model_overrides or {},
             "floor_s_per_kimg_256": paper.FLOOR_S_PER_KIMG, "points": points}
 
 
@@ -109,9 +112,9 @@ def plot(sweep: Dict[str, Any], path) -> Path:
             allx = sorted({p[key] for p in pts})
             if key == "batch":
                 res = sweep.get("base_resolution", 256)
-                ax.plot(allx, [floor * (res / 256) ** 2] * len(allx), "k--", label="arithmetic floor")
+                ax.plot(allx, [floor * (res / 256) ** 2] * len(allx), "k--", label="arithmetic floor (H100 bf16)")
             else:
-                ax.plot(allx, [floor * (x / 256) ** 2 for x in allx], "k--", label="arithmetic floor")
+                ax.plot(allx, [floor * (x / 256) ** 2 for x in allx], "k--", label="arithmetic floor (H100 bf16)")
         if key == "batch":
             ax.set_xscale("log", base=2)
             ax.set_title(f"time/kimg vs batch ({sweep.get('base_resolution')} x "
@@ -156,6 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", dest="compile", action="store_true", default=None)
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--deadline", type=float, default=None, help="epoch seconds")
+    ap.add_argument("--model-overrides", type=json.loads, default=None,
+                    help='ModelConfig fields as JSON, e.g. \'{"g_nf": 8}\' (the quick mode\'s narrow nets)')
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--tag", default=None, help="file name tag (default: the device)")
     args = ap.parse_args(argv)
@@ -165,7 +170,7 @@ def main(argv=None) -> int:
     sweep = run_sweep(device=args.device, batches=args.batches, resolutions=args.resolutions,
                       base_resolution=args.resolution, base_batch=args.batch, warmup=args.warmup,
                       steps=args.steps, compile=args.compile, approach=args.approach,
-                      deadline=args.deadline)
+                      deadline=args.deadline, model_overrides=args.model_overrides)
     sweep["env"] = bench.env_info(args.device)
     sweep["device_name"] = sweep["env"].get("device")
     tag = args.tag or args.device

@@ -965,7 +965,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scaling", action="store_true",
                         help="also sweep Ours v3 (fast path) over batch and resolution -> PNG")
     parser.add_argument("--scaling-batches", type=_csv_ints, default=None,
-                        help="default 8,16,32,64,128 (quick: 1,2)")
+                        help="default 8,16,32,64,128 (quick: 2,4)")
     parser.add_argument("--scaling-resolutions", type=_csv_ints, default=None,
                         help="default 128,256,512 (quick: 32,64)")
     parser.add_argument("--time-budget", type=float, default=None,
@@ -1121,7 +1121,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_scaling_subprocess(args, cfg: BenchConfig, device: str, out: Path, tag: str, env
                            ) -> Optional[Dict[str, Any]]:
-    batches = args.scaling_batches or ([1, 2] if cfg.quick else [8, 16, 32, 64, 128])
+    batches = args.scaling_batches or ([2, 4] if cfg.quick else [8, 16, 32, 64, 128])
     resolutions = args.scaling_resolutions or ([32, 64] if cfg.quick else [128, 256, 512])
     base_res = cfg.resolution if cfg.resolution in resolutions or cfg.quick else 256
     cmd = [sys.executable, str(BENCH_DIR / "scaling.py"), "--device", device, "--out", str(out),
@@ -1130,6 +1130,8 @@ def run_scaling_subprocess(args, cfg: BenchConfig, device: str, out: Path, tag: 
            "--batch", str(cfg.batch), "--warmup", str(cfg.warmup), "--steps", str(cfg.steps)]
     if cfg.compile is not None:
         cmd.append("--compile" if cfg.compile else "--no-compile")
+    if cfg.model_overrides:
+        cmd += ["--model-overrides", json.dumps(cfg.model_overrides)]
     if cfg.deadline:
         cmd += ["--deadline", str(cfg.deadline)]
     print("fastep bench: scaling sweep: " + " ".join(cmd[2:]), flush=True)

@@ -285,3 +285,31 @@ def test_quick_cpu_mode_end_to_end(tmp_path):
     # the shared benchmark summary saw the same cases (group train_time)
     kern = json.loads(next(out.glob("kernels_*.json")).read_text())
     assert sum(r["group"] == "train_time" for r in kern["rows"]) == 8
+
+
+def test_from_records_merges_runs(tmp_path, capsys):
+    """Two GPU calls (different approaches) merged into one report without measuring."""
+    from fastep.cli import main
+
+    def rec(a, impl, which, t, batch=8):
+        return dict(status="ok", approach=a, impl=impl, which=which, batch=batch, s_per_kimg=t,
+                    device="cuda", peak_mem_bytes=batch * 2 ** 28, rounds=10)
+
+    head = {"kind": "header", "env": {"device": "NVIDIA H100 80GB HBM3", "torch": "2.11"},
+            "config": {"resolution": 256, "batch": 8, "steps": 10, "warmup": 3}}
+    f1, f2 = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    f1.write_text("\n".join(json.dumps(r) for r in [head, rec("ours_v3", "fastep", "b8", 1.5),
+                                                     rec("ours_v3", "baseline", "b8", 9.0)]))
+    f2.write_text("\n".join(json.dumps(r) for r in [head, rec("ours_v1", "fastep", "b8", 4.0),
+                                                     {"approach": "ours_v1", "impl": "fastep",
+                                                      "which": "max", "status": "skipped (time budget)"}]))
+    assert main(["bench", "--from-records", str(f1), str(f2), "--out", str(tmp_path / "out")]) == 0
+    rep = json.loads((tmp_path / "out" / "train_cuda.json").read_text())
+    assert [r["approach"] for r in rep["rows"]] == ["ours_v1", "ours_v3"]
+    assert rep["env"]["device"] == "NVIDIA H100 80GB HBM3" and rep["config"]["resolution"] == 256
+    assert rep["targets"]["ours_v3_b8"]["status"] == "met"
+    assert rep["targets"]["ours_v3_speedup_b8"]["status"] == "met"
+    assert rep["ordering_b8"]["holds"] is True
+    assert any(p["status"].startswith("skipped") for p in rep["problems"])
+    assert "| Ours v3 | 64.9 | 1.5 | 9 | 6.00x |" in capsys.readouterr().out
+    assert (tmp_path / "out" / "train_cuda.records.jsonl").exists()
