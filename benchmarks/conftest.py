@@ -130,6 +130,15 @@ def measure_peak_memory(fn: Callable[[], object], device: str) -> tuple[Optional
     return rss.growth, "cpu_rss_growth"
 
 
+def _append_jsonl(rec: "BenchRecord") -> None:
+    """With FASTEP_BENCH_JSONL set, append every record as it is measured, so a run that is cut
+    short (a time limit on a lent GPU) still leaves its figures."""
+    path = os.environ.get("FASTEP_BENCH_JSONL")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({**asdict(rec), "tflops": rec.tflops}, default=str) + "\n")
+
+
 @pytest.fixture
 def fastep_bench(benchmark):
     """Time ``fn`` (steady state, synchronised, median) and record it for the speedup table."""
@@ -159,6 +168,7 @@ def fastep_bench(benchmark):
         rec = BenchRecord(group, case, impl, device, stats.median, stats.mean, rounds, peak, kind,
                           flops, bytes_moved, dict(extra))
         _RECORDS.append(rec)
+        _append_jsonl(rec)
         return rec
 
     return run

@@ -27,11 +27,11 @@ fi
 python3 -m fastep info | tee "$OUT/info.txt"
 if has tests; then
   echo "== tests on the GPU machine (CUDA + Triton-on-CUDA) =="
-  timeout "${TESTS_TIMEOUT:-400}" python3 -m pytest tests -q -m "cuda or triton" -p no:cacheprovider 2>&1 | tee "$OUT/tests_gpu.log" | tail -25
+  timeout "${TESTS_TIMEOUT:-400}" python3 -m pytest ${TESTS:-tests} -v -m "cuda or triton" -p no:cacheprovider --timeout=${PER_TEST_TIMEOUT:-90} --durations=15 2>&1 | tee "$OUT/tests_gpu.log" | tail -25
 fi
 if has kernels; then
   echo "== kernel benchmarks =="
-  timeout "${BENCH_TIMEOUT:-400}" python3 -m pytest benchmarks -q -p no:cacheprovider --ignore=benchmarks/test_bench_training.py ${BENCH_K:+-k "$BENCH_K"} \
+  FASTEP_BENCH_JSONL="$OUT/bench_records.jsonl" timeout "${BENCH_TIMEOUT:-400}" python3 -m pytest ${BENCHES:-benchmarks} -v -p no:cacheprovider --ignore=benchmarks/test_bench_training.py ${BENCH_K:+-k "$BENCH_K"} \
     --fastep-results "$OUT" --benchmark-disable-gc 2>&1 | tee "$OUT/bench_kernels.log" | tail -60
 fi
 if has training; then
