@@ -5,7 +5,8 @@
     fastep train --resume --out runs/x            # continue where an interrupted run stopped
     torchrun --nproc_per_node 8 -m fastep train --stage 3 --data DIR --out runs/x   # DDP
 
-Exit status: 0 done, 1 bad arguments / missing inputs, 3 a NaN/inf loss stopped training.
+Exit status: 0 done, 1 bad arguments / missing inputs, 3 a NaN/inf loss stopped training,
+130 stopped by SIGTERM / Ctrl-C after writing a checkpoint (continue with --resume).
 """
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def options_from_args(args):
 def run(args) -> int:
     from .checkpoint import CheckpointError
     from .pipeline import run_pipeline
-    from .trainer import NonFiniteLossError, is_main_process
+    from .trainer import NonFiniteLossError, TrainingInterrupted, is_main_process
 
     main = True
     try:
@@ -112,6 +113,10 @@ def run(args) -> int:
         if is_main_process():
             print(f"fastep train: {err}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as err:
+        if is_main_process():
+            print(f"fastep train: {err}", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as err:
         print(f"fastep train: error: {err}", file=sys.stderr)
         return 1

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
-from .trainer import (NonFiniteLossError, Trainer, dist_info, init_distributed, sample_grid, save_image_grid,
+from .trainer import (NonFiniteLossError, Trainer, TrainingInterrupted, dist_info, init_distributed, sample_grid, save_image_grid,
                       write_json_atomic)
 
 __all__ = ["PipelineOptions", "run_pipeline", "run_stage1", "run_gan_stage", "run_mapper", "prepare_data",
@@ -441,8 +441,8 @@ def run_pipeline(opts: PipelineOptions) -> Dict[str, Any]:
             else:
                 raise ValueError(f"unknown stage {stage!r}; expected 1, 2, 3 or mapper")
             _save()
-    except NonFiniteLossError as err:
-        summary["error"] = str(err)
+    except (NonFiniteLossError, TrainingInterrupted) as err:
+        summary["error" if isinstance(err, NonFiniteLossError) else "interrupted"] = str(err)
         _save()
         raise
     if (out / "final.pt").is_file():

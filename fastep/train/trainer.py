@@ -43,10 +43,20 @@ from .checkpoint import (CheckpointManager, capture_rng_state, load_checkpoint, 
                          save_atomic)
 
 __all__ = [
-    "Trainer", "NonFiniteLossError", "ResumableDistributedSampler", "SeededDataset",
+    "Trainer", "NonFiniteLossError", "TrainingInterrupted", "ResumableDistributedSampler", "SeededDataset",
     "lr_scale_at", "init_distributed", "dist_info", "is_main_process", "sample_grid",
     "save_image_grid", "write_json_atomic", "TensorBoardLogger", "model_weights",
 ]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM / Ctrl-C asked training to stop: a checkpoint was written at ``.step``
+    (``.checkpoint``); the same command with ``--resume`` continues bit for bit."""
+
+    def __init__(self, step: int, checkpoint: Optional[str]):
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(f"training interrupted at step {step}; checkpoint {checkpoint} written; "
+                         "run the same command with --resume to continue")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -415,6 +425,9 @@ class Trainer:
         self.last_ckpt: Optional[str] = None
         self._pending: List[torch.Tensor] = []
         self._names: Optional[List[str]] = None
+        self._saved_step = -1
+        self._stop_signal = False  # set by SIGTERM / SIGINT (checked at the next log interval)
+        self._stop_agreed = False
         self._pending_start = 0
         self._lr_scale: Optional[float] = None
         self._grid_batch = None
@@ -450,10 +463,17 @@ class Trainer:
         names = self._names
         vals = torch.stack(self._pending)  # [n, k]
         if self.world > 1:
-            vals = vals.to(self.device)
-            dist.all_reduce(vals)  # a NaN on any rank reaches every rank
-            vals = vals / self.world
-        vals = vals.cpu()
+            # one collective: the losses (a NaN on any rank reaches every rank) + the stop flags
+            n, k = vals.shape
+            flag = torch.full((1,), float(self._stop_signal), device=vals.device)
+            payload = torch.cat([vals.reshape(-1), flag]).to(self.device)
+            dist.all_reduce(payload)
+            payload = payload.cpu()
+            vals = payload[:-1].reshape(n, k) / self.world
+            self._stop_agreed = bool(payload[-1] > 0)
+        else:
+            vals = vals.cpu()
+            self._stop_agreed = bool(self._stop_signal)
         start, self._pending = self._pending_start, []
         self._pending_start = self.step_idx
         bad = ~torch.isfinite(vals)
@@ -505,7 +525,8 @@ class Trainer:
         path = None
         if self.main:
             path = self.ckpts.save(ckpt, self.step_idx, _before_replace=_before_replace)
-            self.last_ckpt = str(path)
+        self.last_ckpt = str(self.ckpts.path_for(self.step_idx))
+        self._saved_step = self.step_idx
         if self.world > 1:
             dist.barrier()
         return path
@@ -603,6 +624,7 @@ class Trainer:
         last_t, last_step = t0, self.step_idx
         if self.step_idx == 0 and self.image_every:
             self._grid()
+        old_handlers = self._install_signal_handlers()
         try:
             while self.step_idx < self.total_steps:
                 self.data.epoch = self.epoch
@@ -640,14 +662,59 @@ class Trainer:
                     if (self.ckpt_every and self.step_idx % self.ckpt_every == 0) or done:
                         self.wall_s = wall0 + time.perf_counter() - t0
                         self.save_checkpoint()
+                    if self._stop_agreed and not done:
+                        if self._saved_step != self.step_idx:
+                            self.wall_s = wall0 + time.perf_counter() - t0
+                            self.save_checkpoint()
+                        raise TrainingInterrupted(self.step_idx, self.last_ckpt)
                     if done or self.pos == 0:
                         break  # pos == 0: epoch finished, re-seed the sampler for the next one
         finally:
+            self._restore_signal_handlers(old_handlers)
             if bar is not None:
                 bar.close()
             self.tb.close()
         self.wall_s = wall0 + time.perf_counter() - t0
         return self.metrics()
+
+    def request_stop(self) -> None:
+        """Finish the current log interval, write a checkpoint and raise :class:`TrainingInterrupted`
+        (what SIGTERM / the first Ctrl-C do; under DDP all ranks stop at the same step)."""
+        self._stop_signal = True
+
+    def _install_signal_handlers(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        old = {}
+
+        def handler(signum, frame):
+            if self._stop_signal and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # second Ctrl-C: stop now, without a checkpoint
+            self._stop_signal = True
+            if self.main:
+                self._log(f"fastep: {signal.Signals(signum).name}: stopping at the next log interval "
+                          f"(<= {self.log_every} steps) after writing a checkpoint"
+                          + (" (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""))
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except (ValueError, OSError):  # pragma: no cover
+                pass
+        return old
+
+    @staticmethod
+    def _restore_signal_handlers(old) -> None:
+        import signal
+
+        for sig, h in (old or {}).items():
+            try:
+                signal.signal(sig, h)
+            except (ValueError, OSError, TypeError):  # pragma: no cover
+                pass
 
     def metrics(self) -> Dict[str, Any]:
         logged = [h for h in self.history if "losses" in h]

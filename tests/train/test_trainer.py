@@ -180,3 +180,32 @@ def test_real_step_resume_bit_identical_and_load_models(tmp_path, one_thread):
     assert cfg == mc and extras["stage"] == "3" and extras["step"] == 6
     for (n, x), (_, y) in zip(G.state_dict().items(), wr["G_ema"].state_dict().items()):
         assert torch.equal(x, y), n
+
+
+def test_sigterm_checkpoints_then_resume_is_bit_identical(tmp_path):
+    import os
+    import signal
+
+    from fastep.train.trainer import TrainingInterrupted
+
+    torch.manual_seed(0)
+    ref = ToyStep()
+    _trainer(ref, tmp_path / "ref", ckpt_every_kimg=0).fit()
+
+    torch.manual_seed(0)
+    a = ToyStep()
+
+    def term(tr):
+        if tr.step_idx == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as info:
+        _trainer(a, tmp_path / "run", ckpt_every_kimg=0).fit(_after_step=term)
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    assert info.value.step == 6 and info.value.checkpoint.endswith("stage2-00000006.pt")  # next log interval
+    b = ToyStep()
+    _trainer(b, tmp_path / "run", ckpt_every_kimg=0).fit(resume=True)
+    w_ref, w_b = weights_of(ref), weights_of(b)
+    for k in w_ref:
+        assert torch.equal(w_ref[k], w_b[k]), k
