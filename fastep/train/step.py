@@ -265,8 +265,6 @@ class TrainStep:
         opt_kw: Dict[str, Any] = dict(betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay)
         if fused:
             opt_kw["fused"] = True
-        if train_cfg.eager_fp32:
-            opt_kw["foreach"] = False
         ge_params = list(G.parameters()) + (list(E.parameters()) if self.train_e else [])
         self.opt_ge = torch.optim.Adam(ge_params, lr=oc.lr_ge, **opt_kw)
         self.opt_d = torch.optim.Adam(D.parameters(), lr=oc.lr_d, **opt_kw)
@@ -562,8 +560,8 @@ class TrainStep:
                 # deep copy: torch keeps (and later mutates in place) the loaded state tensors, which
                 # must not be shared with another live optimizer the state dict came from
                 opt.load_state_dict(copy.deepcopy(sd))
-            elif opt is not None and strict and self.step_count == 0 and sd is None and key != "opt_g2":
-                raise KeyError(f"state dict has no {key!r} entry")
+            elif opt is not None and strict and key != "opt_g2":
+                raise KeyError(f"state dict has no {key!r} entry")  # (opt_g2 may start fresh)
         self.step_count = int(state.get("step", 0))
         self.base_lrs = [[g.get("initial_lr", b) for g, b in zip(o.param_groups, bases)]
                          for o, bases in zip(self.optimizers, self.base_lrs)]
