@@ -137,12 +137,13 @@ def test_bench_style_loss_target(fastep_bench, device, case_idx, impl):
 
 def _pair_cases(device):
     if device == "cuda":
-        return [(n, dt) for dt in (torch.float32, torch.bfloat16) for n in (8, 64, 1024)]
+        # batch sizes, plus mining-sized blocks (1024 rows; 4096 in bf16) where the GEMM is compute-bound
+        return [(n, torch.float32) for n in (8, 64, 1024)] + [(n, torch.bfloat16) for n in (8, 64, 1024, 4096)]
     return [(8, torch.float32)]
 
 
 @pytest.mark.parametrize("impl", ["baseline", "matmul", "fastep"])
-@pytest.mark.parametrize("case_idx", range(6))
+@pytest.mark.parametrize("case_idx", range(7))
 @pytest.mark.parametrize("mode", ["cross", "self"])
 def test_bench_pairwise(fastep_bench, device, case_idx, mode, impl):
     cases = _pair_cases(device)

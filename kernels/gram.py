@@ -110,8 +110,8 @@ def _gram_kernel(X, Y, OUT, C, W, K, K_SPLIT, scale,
             a2 = tl.load(yb + rm[:, None] * syc + ky[None, :], mask=mask_m[:, None] & mk[None, :], other=0.0)
             b2 = tl.load(yb + rn[None, :] * syc + ky[:, None], mask=mask_n[None, :] & mk[:, None], other=0.0)
             acc = _dot(-a2, b2, acc, PREC)
-    # exact symmetry: diagonal tiles take their lower half from the upper half (no-op elsewhere)
-    acc = tl.where(rm[:, None] <= rn[None, :], acc, tl.trans(acc))
+    if ti == tj:  # exact symmetry: diagonal tiles take their lower half from the upper half
+        acc = tl.where(rm[:, None] <= rn[None, :], acc, tl.trans(acc))
     acc = acc * scale
     val = acc.to(OUT.dtype.element_ty)
     ob = OUT + s.to(tl.int64) * sos + n * son
@@ -167,10 +167,12 @@ def _pdist_kernel(X, Y, WS, NXW, NYW, M, N, K, K_SPLIT, TILES_N,
                 ny += tl.sum(bf * bf, axis=0)
     mask = mask_m[:, None] & mask_n[None, :]
     wb = WS + s.to(tl.int64) * sws
+    rm = rm.to(tl.int64)  # M x N outputs may exceed 2^31 elements
+    rn = rn.to(tl.int64)
     if SYM:
         diag = rm[:, None] == rn[None, :]
-        # exact symmetry of the diagonal tiles (no-op on the others)
-        acc = tl.where(rm[:, None] <= rn[None, :], acc, tl.trans(acc))
+        if pm == pn:  # exact symmetry of the diagonal tiles
+            acc = tl.where(rm[:, None] <= rn[None, :], acc, tl.trans(acc))
         tl.store(wb + rn[None, :] * swm + rm[:, None] * swn, acc, mask=mask & (pm < pn))
         nx = tl.sum(tl.where(diag, acc, 0.0), axis=1)
         tl.store(NXW + s * snxs + rm, nx, mask=mask_m & (pm == pn))
@@ -183,8 +185,8 @@ def _pdist_kernel(X, Y, WS, NXW, NYW, M, N, K, K_SPLIT, TILES_N,
 @triton.jit
 def _pdist_finish_kernel(WS, NXW, NYW, OUT, M, N, S, sws, swm, swn, snxs, snys, som, son,
                          SYM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = rm < M
     mask_n = rn < N
     mask = mask_m[:, None] & mask_n[None, :]
@@ -192,7 +194,7 @@ def _pdist_finish_kernel(WS, NXW, NYW, OUT, M, N, S, sws, swm, swn, snxs, snys, 
     nx = tl.zeros((BLOCK_M,), dtype=tl.float32)
     ny = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for s in range(0, S):
-        acc += tl.load(WS + s * sws + rm[:, None] * swm + rn[None, :] * swn, mask=mask, other=0.0)
+        acc += tl.load(WS + s.to(tl.int64) * sws + rm[:, None] * swm + rn[None, :] * swn, mask=mask, other=0.0)
         nx += tl.load(NXW + s * snxs + rm, mask=mask_m, other=0.0)
         ny += tl.load(NYW + s * snys + rn, mask=mask_n, other=0.0)
     d = tl.maximum(nx[:, None] + ny[None, :] - 2.0 * acc, 0.0)
@@ -328,7 +330,8 @@ def gram_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, scale: Opt
         bk = block_k or 16
         tune = False
     else:
-        bm = block_m or (64 if c <= 128 else 128)
+        # fp32 operands (tf32x3 / FMA dots) need more registers per product: 64 x 64 tiles
+        bm = block_m or (64 if c <= 128 or x.dtype == torch.float32 else 128)
         bk = block_k or 32
         tune = (n * c * c * k >= AUTOTUNE_MIN_MACS) if autotune is None else autotune
         tune = tune and block_k is None
@@ -395,6 +398,10 @@ def pairwise_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, split_
         if y.dim() != 2 or y.shape[1] != x.shape[1] or y.dtype != x.dtype or y.device != x.device:
             raise ValueError(f"gy: expected (M, {x.shape[1]}) {x.dtype} on {x.device}, got "
                              f"{tuple(y.shape)} {y.dtype} on {y.device}")
+    if x.stride(1) != 1:  # rows must be contiguous (k * stride would overflow int32 for big D)
+        x = x.contiguous()
+    if y is not None and y.stride(1) != 1:
+        y = y.contiguous()
     sym = y is None
     yy = x if sym else y
     m, kdim = x.shape
@@ -405,7 +412,8 @@ def pairwise_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, split_
         tune = False
     else:
         small = max(m, nn_) if sym else min(m, nn_)
-        bm = block_m or (16 if small <= 16 else 32 if small <= 32 else 64 if small <= 64 else 128)
+        big = 64 if x.dtype == torch.float32 else 128
+        bm = block_m or (16 if small <= 16 else 32 if small <= 32 else 64 if small <= 64 else big)
         bk = block_k or 32
         tune = (m * nn_ * kdim >= AUTOTUNE_MIN_MACS) if autotune is None else autotune
         tune = tune and block_k is None
