@@ -393,6 +393,7 @@ class Trainer:
         self.rank, self.world = dist_info()
         self.main = self.rank == 0
         self.progress = progress and self.main
+        self.tensorboard = bool(tensorboard)
         self._log = log if log is not None else (lambda s: print(s, file=sys.stderr, flush=True))
 
         self.images_per_step = self.batch_size * self.world
@@ -426,6 +427,7 @@ class Trainer:
         self._pending: List[torch.Tensor] = []
         self._names: Optional[List[str]] = None
         self._saved_step = -1
+        self.tb = TensorBoardLogger(None, enabled=False)
         self._stop_signal = False  # set by SIGTERM / SIGINT (checked at the next log interval)
         self._stop_agreed = False
         self._pending_start = 0
@@ -611,7 +613,7 @@ class Trainer:
         """
         if resume:
             self.resume(None if resume is True else resume)
-        self.tb = TensorBoardLogger(self.out_dir / "tb", enabled=self.main, note=self._log)
+        self.tb = TensorBoardLogger(self.out_dir / "tb", enabled=self.main and self.tensorboard, note=self._log)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm

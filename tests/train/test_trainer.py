@@ -95,7 +95,8 @@ def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_outputs_metrics_grids_and_tensorboard_note(tmp_path):
     notes = []
-    tr = _trainer(ToyStep(), tmp_path, image_every_kimg=0.024, z_dim=4, n_grid=3, log=notes.append, kimg=0.024)
+    tr = _trainer(ToyStep(), tmp_path, image_every_kimg=0.024, z_dim=4, n_grid=3, log=notes.append, kimg=0.024,
+                  tensorboard=True)
     m = tr.fit()
     data = json.loads((tmp_path / "metrics.json").read_text())
     assert data["steps"] == 6 and set(data["final_losses"]) == {"D", "G"}
@@ -112,7 +113,7 @@ def test_outputs_metrics_grids_and_tensorboard_note(tmp_path):
     except Exception:  # noqa: BLE001
         has_tb = False
     if has_tb:
-        assert (tmp_path / "tb").is_dir()
+        assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     else:
         assert any("pip install tensorboard" in n for n in notes)
 
@@ -243,3 +244,20 @@ def test_cuda_compiled_trainer_checkpoint_resume_and_load(tmp_path):
         out = G(torch.zeros(2, 3, 64, 64, device="cuda"), torch.zeros(2, cfg.z_dim, device="cuda"))
     assert out.shape == (2, 3, 64, 64) and torch.isfinite(out).all()
     assert (tmp_path / "samples" / "stage3_00000008.png").is_file()
+
+
+def test_tensorboard_missing_is_a_note_not_an_error(tmp_path, monkeypatch):
+    import sys
+
+    from fastep.train.trainer import TensorBoardLogger
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import -> ImportError
+    notes = []
+    tb = TensorBoardLogger(tmp_path / "tb", note=notes.append)
+    tb.scalars({"a": 1.0}, 0)
+    tb.image("x", torch.zeros(3, 4, 4), 0)
+    tb.close()
+    assert tb.writer is None and len(notes) == 1 and "pip install tensorboard" in notes[0]
+    notes.clear()
+    tr = _trainer(ToyStep(), tmp_path / "run", kimg=0.008, tensorboard=True, log=notes.append)
+    assert tr.fit()["steps"] == 2 and any("pip install tensorboard" in n for n in notes)
