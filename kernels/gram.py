@@ -193,10 +193,16 @@ def _pdist_finish_kernel(WS, NXW, NYW, OUT, M, N, S, sws, swm, swn, snxs, snys, 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     nx = tl.zeros((BLOCK_M,), dtype=tl.float32)
     ny = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for s in range(0, S):
-        acc += tl.load(WS + s.to(tl.int64) * sws + rm[:, None] * swm + rn[None, :] * swn, mask=mask, other=0.0)
-        nx += tl.load(NXW + s * snxs + rm, mask=mask_m, other=0.0)
-        ny += tl.load(NYW + s * snys + rn, mask=mask_n, other=0.0)
+    wp = WS + rm[:, None] * swm + rn[None, :] * swn
+    xp = NXW + rm
+    yp = NYW + rn
+    for _ in range(0, S):  # (pointer increments: 64-bit, whatever S * M * N is)
+        acc += tl.load(wp, mask=mask, other=0.0)
+        nx += tl.load(xp, mask=mask_m, other=0.0)
+        ny += tl.load(yp, mask=mask_n, other=0.0)
+        wp += sws
+        xp += snxs
+        yp += snys
     d = tl.maximum(nx[:, None] + ny[None, :] - 2.0 * acc, 0.0)
     if SYM:
         d = tl.where(rm[:, None] == rn[None, :], 0.0, d)
