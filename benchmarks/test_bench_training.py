@@ -15,7 +15,7 @@ is the allocator's high-water mark of one step.  Records go to the shared summar
 
 Run it through ``fastep bench`` (options, the table, results files).  Plain
 ``pytest benchmarks/test_bench_training.py`` uses the defaults: the full suite on CUDA, the quick
-CPU mode (64 x 64, Ours v3 and Bicycle v1) otherwise.
+CPU mode (64 x 64, Ours v3 and Bicycle v2, narrow nets) otherwise.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from fastep import bench
 
 HAS_CUDA = torch.cuda.is_available()
 CFG = bench.BenchConfig.from_env(
-    bench.BenchConfig() if HAS_CUDA else bench.quick_config(approaches=["ours_v3", "bicycle_v1"]))
+    bench.BenchConfig() if HAS_CUDA else bench.quick_config())
 
 IMPLS = ["fastep", "baseline"] if CFG.baseline else ["fastep"]
 WHICH = ["b8", "max"] if CFG.max_batch else ["b8"]

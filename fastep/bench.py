@@ -118,15 +118,18 @@ class BenchConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+#: The quick mode's default approaches: the paper's fastest and slowest (--approaches all: six).
+QUICK_APPROACHES = ("ours_v3", "bicycle_v2")
 #: Narrow widths of the quick CPU mode (ModelConfig.tiny()'s): same structure, small cost.
 QUICK_MODEL = dict(g_nf=8, n_res=1, e_nf=8, d_nf=8, d_scales=2)
 
 
 def quick_config(**overrides) -> BenchConfig:
-    """The CPU smoke mode: 64 x 64, narrow nets, batch 2, 1 warm-up + 2 timed steps, max-batch
-    ceiling 4, no compile (checks that the suite works end to end, not speeds)."""
-    cfg = BenchConfig(batch=2, resolution=64, warmup=1, steps=2, max_batch_limit=4, probe_steps=1,
-                      quick=True, compile=False, model_overrides=dict(QUICK_MODEL))
+    """The CPU smoke mode: Ours v3 and Bicycle v2 at 64 x 64, narrow nets, batch 2, 2 timed
+    steps, max-batch ceiling 4, no compile (checks that the suite works end to end, not speeds)."""
+    cfg = BenchConfig(approaches=list(QUICK_APPROACHES), batch=2, resolution=64, warmup=0, steps=2,
+                      max_batch_limit=4, probe_steps=1, quick=True, compile=False,
+                      model_overrides=dict(QUICK_MODEL))
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
@@ -628,6 +631,10 @@ def training_rows(records: Sequence[Dict[str, Any]], approaches: Optional[Sequen
             row[f"{key}_peak_MiB_per_image"] = (b8["peak_mem_bytes"] / b8["batch"] / MIB
                                                 if b8 and b8.get("peak_mem_bytes") else None)
             row[f"{key}_compile_s"] = b8.get("first_call_s") if b8 else None
+            row[f"{key}_peak_MiB_per_image_max"] = (mx["peak_mem_bytes"] / mx["batch"] / MIB
+                                                    if mx and mx.get("peak_mem_bytes") else None)
+            row[f"{key}_peak_GiB_max"] = (mx["peak_mem_bytes"] / GIB
+                                          if mx and mx.get("peak_mem_bytes") else None)
             row[f"{key}_max_batch"] = mx["batch"] if mx else None
             row[f"{key}_max_batch_hit_limit"] = (mx.get("search") or {}).get("hit_limit") if mx else None
             row[f"{key}_max_batch_mode"] = (mx.get("search") or {}).get("mode") if mx else None
@@ -854,6 +861,17 @@ def report_markdown(rep: Dict[str, Any]) -> str:
               markdown_training_table(rep["rows"], rep["arithmetic_floor_s_per_kimg"], cfg["batch"]),
               "", f"Arithmetic floor: {rep['arithmetic_floor_s_per_kimg']:.2f} s/kimg "
               f"({rep['arithmetic_floor_note']}).", ""]
+    firsts = [(r["approach"], r.get("fast_compile_s"), r.get("base_compile_s")) for r in rep["rows"]
+              if r.get("fast_compile_s") is not None]
+    if firsts:
+        lines += ["First call (compilation + one step), s, fast path / eager: " +
+                  ", ".join(f"{a} {_f(f)} / {_f(b)}" for a, f, b in firsts) + ".", ""]
+    caps = [(r["approach"], r.get("fast_peak_GiB_max"), r.get("base_peak_GiB_max")) for r in rep["rows"]
+            if r.get("fast_peak_GiB_max") or r.get("base_peak_GiB_max")]
+    if caps and any(r.get("peak_mem_kind") == "cuda_max_allocated" for r in rep.get("records", [])):
+        lines += [f"Peak allocated memory at the max batch (cap {cfg['mem_cap_gib']} GiB), GiB, "
+                  "fast path / eager: " + ", ".join(f"{a} {_f(f)} / {_f(b)}" for a, f, b in caps)
+                  + ".", ""]
     if any(r.get("peak_mem_kind") == "cpu_rss_growth" for r in rep.get("records", [])):
         lines += ["MiB/img on CPU: growth of the resident set during one step (approximate; the "
                   "allocator's caching hides reused memory).", ""]
@@ -927,8 +945,9 @@ def _approaches(s: str) -> List[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``fastep bench``."""
     parser.add_argument("--quick", action="store_true",
-                        help="CPU smoke mode: 64x64, batch 2, 2 timed steps, max-batch ceiling 4, "
-                             "no compile (checks the suite end to end, not speeds)")
+                        help="CPU smoke mode: Ours v3 + Bicycle v2 at 64x64 with narrow nets, "
+                             "batch 2, 2 timed steps, max-batch ceiling 4, no compile (checks the "
+                             "suite end to end, not speeds)")
     parser.add_argument("--preset", choices=("full", "h100-fast"), default=None,
                         help="h100-fast: 3 warm-up + 10 timed steps, probes of 1 step, the fast "
                              "path's max batch predicted and verified (--fast-max-batch predict); "
