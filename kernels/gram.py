@@ -77,7 +77,8 @@ def _gram_kernel(X, Y, OUT, C, W, K, K_SPLIT, scale,
                  sxn, sxc, sxh, sxw, syn, syc, syh, syw,
                  sos, son, soi, soj,
                  HAS_Y: tl.constexpr, FLAT: tl.constexpr, PREC: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr = False):
+    # ONE_TILE (C <= BLOCK_M): the only tile is diagonal, its B operand is A transposed (no reload)
     t = tl.program_id(0)
     s = tl.program_id(1)
     n = tl.program_id(2).to(tl.int64)
@@ -100,7 +101,10 @@ def _gram_kernel(X, Y, OUT, C, W, K, K_SPLIT, scale,
         else:
             kx = (k // W) * sxh + (k % W) * sxw
         a = tl.load(xb + rm[:, None] * sxc + kx[None, :], mask=mask_m[:, None] & mk[None, :], other=0.0)
-        b = tl.load(xb + rn[None, :] * sxc + kx[:, None], mask=mask_n[None, :] & mk[:, None], other=0.0)
+        if ONE_TILE:
+            b = tl.trans(a)
+        else:
+            b = tl.load(xb + rn[None, :] * sxc + kx[:, None], mask=mask_n[None, :] & mk[:, None], other=0.0)
         acc = _dot(a, b, acc, PREC)
         if HAS_Y:
             if FLAT:
@@ -108,7 +112,10 @@ def _gram_kernel(X, Y, OUT, C, W, K, K_SPLIT, scale,
             else:
                 ky = (k // W) * syh + (k % W) * syw
             a2 = tl.load(yb + rm[:, None] * syc + ky[None, :], mask=mask_m[:, None] & mk[None, :], other=0.0)
-            b2 = tl.load(yb + rn[None, :] * syc + ky[:, None], mask=mask_n[None, :] & mk[:, None], other=0.0)
+            if ONE_TILE:
+                b2 = tl.trans(a2)
+            else:
+                b2 = tl.load(yb + rn[None, :] * syc + ky[:, None], mask=mask_n[None, :] & mk[:, None], other=0.0)
             acc = _dot(-a2, b2, acc, PREC)
     if ti == tj:  # exact symmetry: diagonal tiles take their lower half from the upper half
         acc = tl.where(rm[:, None] <= rn[None, :], acc, tl.trans(acc))
@@ -225,7 +232,7 @@ else:
     _gram_kernel_tuned = triton.autotune(
         configs=_configs((32, 64)) + [triton.Config({"BLOCK_K": 32}, num_warps=4, num_stages=2),
                                       triton.Config({"BLOCK_K": 128}, num_warps=8, num_stages=3)],
-        key=["C", "K_SPLIT", "HAS_Y", "FLAT", "PREC", "BLOCK_M"],
+        key=["C", "K_SPLIT", "HAS_Y", "FLAT", "PREC", "BLOCK_M", "ONE_TILE"],
     )(_gram_kernel)
     _pdist_kernel_tuned = triton.autotune(
         configs=_configs((32, 64)) + [triton.Config({"BLOCK_K": 128}, num_warps=8, num_stages=3),
@@ -336,8 +343,10 @@ def gram_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, scale: Opt
         bk = block_k or 16
         tune = False
     else:
-        # fp32 operands (tf32x3 / FMA dots) need more registers per product: 64 x 64 tiles
-        bm = block_m or (64 if c <= 128 or x.dtype == torch.float32 else 128)
+        # fp32 operands (tf32x3 / FMA dots) need more registers per product: 64 x 64 tiles.
+        # Half types: one 128 x 128 tile for C <= 128 (its B operand is A transposed: each row
+        # block is read once; the extra MMA work is free in these memory-bound layers).
+        bm = block_m or (64 if c <= 64 or x.dtype == torch.float32 else 128)
         bk = block_k or 32
         tune = (n * c * c * k >= AUTOTUNE_MIN_MACS) if autotune is None else autotune
         tune = tune and block_k is None
@@ -371,7 +380,7 @@ def gram_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, scale: Opt
     args = (x, x if y is None else y, target, c, w, k, chunk, scale,
             sxn, sxc, sxh, sxw, syn, syc, syh, syw,
             target.stride(0), target.stride(1), target.stride(2), target.stride(3))
-    meta = dict(HAS_Y=y is not None, FLAT=flat, BLOCK_M=bm)
+    meta = dict(HAS_Y=y is not None, FLAT=flat, BLOCK_M=bm, ONE_TILE=tiles == 1)
 
     def run(prec):
         if tune:
