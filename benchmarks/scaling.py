@@ -68,16 +68,19 @@ def run_sweep(*, device: str, batches: List[int], resolutions: List[int], base_r
     todo += [("resolution", base_batch, r) for r in resolutions]
     done: Dict[tuple, Dict[str, Any]] = {}
     points = []
+    last = 0.0  # wall seconds of the previous point (compile included)
     for sweep, b, r in todo:
         if (b, r) in done:  # shared point of both sweeps: measure once
             points.append({**done[(b, r)], "sweep": sweep})
             continue
-        if deadline and time.time() > deadline:
+        if deadline and time.time() + last > deadline:
             points.append({"sweep": sweep, "approach": approach, "batch": b, "resolution": r,
                            "status": "skipped (time budget)"})
             continue
+        t0 = time.time()
         p = measure_point(approach, b, r, device, warmup=warmup, steps=steps, compile=compile,
                           model_overrides=model_overrides)
+        last = p["wall_s"] = time.time() - t0
         done[(b, r)] = p
         points.append({**p, "sweep": sweep})
         log(f"scaling {approach} batch {b} res {r}: {p['status']}"
@@ -159,6 +162,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", dest="compile", action="store_true", default=None)
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--deadline", type=float, default=None, help="epoch seconds")
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="seconds; points that would start later are skipped (and listed)")
     ap.add_argument("--model-overrides", type=json.loads, default=None,
                     help='ModelConfig fields as JSON, e.g. \'{"g_nf": 8}\' (the quick mode\'s narrow nets)')
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -167,6 +172,8 @@ def main(argv=None) -> int:
 
     from fastep import bench
 
+    if args.time_budget:
+        args.deadline = min(args.deadline or float("inf"), time.time() + args.time_budget)
     sweep = run_sweep(device=args.device, batches=args.batches, resolutions=args.resolutions,
                       base_resolution=args.resolution, base_batch=args.batch, warmup=args.warmup,
                       steps=args.steps, compile=args.compile, approach=args.approach,

@@ -41,7 +41,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "benchmarks"
@@ -434,11 +434,12 @@ def probe_batch(approach: str, batch: int, resolution: int, impl: str, device, *
     does not fit).  Returns the peak memory of the last step."""
     import torch
     reset_compiler()  # a fresh step per batch: no recompile limits, no stale graphs
-    step = make_step(approach, batch, resolution, impl, device, compile=compile,
-                     cuda_graphs=cuda_graphs, model_overrides=model_overrides,
-                     perceptual_backbone=perceptual_backbone)
-    A, B = random_batch(batch, resolution, device)
+    step = A = B = None
     try:
+        step = make_step(approach, batch, resolution, impl, device, compile=compile,
+                         cuda_graphs=cuda_graphs, model_overrides=model_overrides,
+                         perceptual_backbone=perceptual_backbone)
+        A, B = random_batch(batch, resolution, device)
         peak = None
         for i in range(max(1, steps)):
             if i == steps - 1 and str(device).startswith("cuda"):
@@ -450,7 +451,9 @@ def probe_batch(approach: str, batch: int, resolution: int, impl: str, device, *
             peak = int(torch.cuda.max_memory_allocated())
         return {"batch": batch, "peak_mem_bytes": peak}
     finally:
-        del step, A, B
+        # drop the references even while an OOM traceback keeps this frame alive
+        step = A = B = None  # noqa: F841
+        reset_compiler()
 
 
 def probe_batch_subprocess(approach: str, batch: int, resolution: int, impl: str, device, *,
