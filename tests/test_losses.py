@@ -408,3 +408,31 @@ def test_perceptual_module_compiles_fullgraph():
     v_ref.backward()
     torch.testing.assert_close(v, v_ref)
     torch.testing.assert_close(x1.grad, x2.grad)
+
+
+def test_target_pass_keeps_no_graph_for_target(nets):
+    """Separate no_grad target pass: tensors saved for backward = those of the output half only
+    (what pix2pixHD's VGGLoss saves), fewer than one joint pass over cat(output, target)."""
+    fast, plain = nets("pix2pixhd", "l1")
+
+    def saved_bytes(fn):
+        seen = {}
+
+        def pack(t):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        return sum(seen.values())
+
+    x, y = _images(size=32).requires_grad_(), _images(size=32)
+    sep = saved_bytes(lambda: fast(x, y))
+    fast.target_pass = "joint"
+    try:
+        joint = saved_bytes(lambda: fast(x, y))
+    finally:
+        fast.target_pass = "auto"
+    base = saved_bytes(lambda: plain(x, y))
+    assert sep < joint
+    assert sep <= base * 1.01
