@@ -82,7 +82,8 @@ _WRITER = textwrap.dedent("""
 
 def test_kill9_during_checkpointing_leaves_loadable_checkpoint(tmp_path):
     ck = tmp_path / "ck"
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(ck)], stdout=subprocess.PIPE, text=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(ck)], stdout=subprocess.PIPE, text=True, env=env)
     seen_tmp = False
     try:
         first = proc.stdout.readline()  # the first checkpoint is complete

@@ -7,7 +7,7 @@ import torch
 from fastep.cli import build_parser, main
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def one_thread():
     n = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -9,6 +9,16 @@ from fastep.train.checkpoint import CheckpointManager, load_checkpoint
 from fastep.train.trainer import NonFiniteLossError, ResumableDistributedSampler, Trainer, lr_scale_at
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The CI box has 2 cores shared by several jobs: one intra-op thread avoids OpenMP thrashing
+    # (tiny ops are 10-20x slower with 2 spinning threads on a loaded machine).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _trainer(step, out, **kw):
     args = dict(stage="2", batch_size=4, kimg=0.056, out_dir=out, seed=3, log_every=3,
                 ckpt_every_kimg=0.016, progress=False, tensorboard=False, lr_decay_start=0.25)
@@ -124,15 +134,6 @@ def test_too_small_dataset_is_a_clear_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the real TrainStep
-
-@pytest.fixture
-def one_thread():
-    # The CI box has 2 cores shared by several jobs: one intra-op thread avoids OpenMP thrashing.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _real_step(seed):
     from fastep.train.config import LossConfig, ModelConfig, TrainConfig
