@@ -135,7 +135,6 @@ def test_train_time(fastep_bench, device, approach, impl, which):
     t_case = time.time()
     cuda = device.startswith("cuda")
     cap = CFG.mem_cap_gib * bench.GIB if cuda else None
-    search = None
     failure = None
     try:
         if which == "b8":
@@ -148,43 +147,12 @@ def test_train_time(fastep_bench, device, approach, impl, which):
             if cuda and b8 and b8.get("peak_mem_bytes") and b8.get("static_mem_bytes") is not None:
                 guess = bench.guess_max_batch(b8["peak_mem_bytes"], b8["static_mem_bytes"],
                                               b8["batch"], cap)
-            predict = cuda and impl == "fastep" and CFG.fast_max_batch == "predict" and guess
-            if predict:
-                # one compile: the timed run at the predicted batch is its own fit check
-                search = bench.SearchResult(int(guess), [], False)
-                probes = {}
-            else:
-                search, probes = bench.search_max_batch(approach, CFG.resolution, impl, device,
-                                                        CFG, guess=guess)
-            if search.max_batch < 1:
-                raise RuntimeError(f"{approach}/{impl}: not even batch 1 fits in "
-                                   f"{CFG.mem_cap_gib} GiB")
-            batch = search.max_batch
-            # The timed run does more steps than a probe; if allocator state makes the found
-            # batch fail now, step down (and say so) rather than lose the case.
-            for attempt in range(4):
-                oom = False
-                try:
-                    record = _time_case(fastep_bench, device, approach, impl, which, batch, cap)
-                    break
-                except Exception as err:  # noqa: BLE001
-                    if not bench.is_oom(err) or attempt == 3 or batch == 1:
-                        raise
-                    oom = True
-                if oom:  # outside the except block: the OOM traceback is gone
-                    bench.free_memory()
-                    search.probes.append((batch, False))
-                    batch = max(1, min(batch - 1, int(batch * 0.95)) if predict else batch - 1)
-            if predict:
-                search.probes.append((batch, True))
-                search.max_batch = batch
-            record["search"] = {**search.to_dict(), "mode": "predict" if predict else "exact"}
-            record["search_guess"] = guess
-            record["probe_peaks"] = {str(b): (p.get("peak_mem_bytes") if isinstance(p, dict) else None)
-                                     for b, p in probes.items()}
-            if not predict and batch != search.max_batch:
-                record["note"] = (f"search found {search.max_batch} but the timed run at that batch "
-                                  f"ran out of memory; timed at {batch}")
+            predict = bool(cuda and impl == "fastep" and CFG.fast_max_batch == "predict" and guess)
+            record = bench.run_max_batch_case(
+                lambda b: _time_case(fastep_bench, device, approach, impl, which, b, cap),
+                lambda: bench.search_max_batch(approach, CFG.resolution, impl, device, CFG,
+                                               guess=guess),
+                guess=guess, predict=predict)
         record["case_wall_s"] = time.time() - t_case
         _DURATION[(impl, which)] = record["case_wall_s"]
         _write(record)
@@ -192,7 +160,6 @@ def test_train_time(fastep_bench, device, approach, impl, which):
               f"{record['s_per_kimg']:.4g} s/kimg, first call {record['first_call_s']:.1f} s")
     except Exception as err:  # noqa: BLE001
         failure = {**base, "status": "error", "error": f"{type(err).__name__}: {err}"[:500],
-                   "search": search.to_dict() if search else None,
                    "traceback": traceback.format_exc()[-3000:]}
     if failure is not None:
         # fail without handing pytest the traceback: its frames would pin device memory (the

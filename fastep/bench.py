@@ -532,6 +532,49 @@ def search_max_batch(approach: str, resolution: int, impl: str, device, cfg: Ben
     return search, results
 
 
+def run_max_batch_case(time_at: Callable[[int], Dict[str, Any]],
+                       search: Optional[Callable[[], Tuple[SearchResult, Dict[int, Any]]]], *,
+                       guess: Optional[int], predict: bool, attempts: int = 4) -> Dict[str, Any]:
+    """The ``max`` case of the suite: find the max batch (``search()``, or the ``guess`` itself
+    when ``predict``), then ``time_at(batch) -> record``.  If the timed run runs out of memory
+    (more steps than a probe; allocator state), step down (-1, or -5% when predicting) and say
+    so in the record rather than lose the case.  Returns the record with ``search`` filled in."""
+    if predict:
+        if not guess or guess < 1:
+            raise ValueError(f"guess: predict mode needs a positive predicted batch, got {guess!r}")
+        res, probes = SearchResult(int(guess), [], False), {}
+    else:
+        res, probes = search()
+    if res.max_batch < 1:
+        raise RuntimeError("not even batch 1 fits under the memory cap")
+    batch = res.max_batch
+    record = None
+    for attempt in range(attempts):
+        oom = False
+        try:
+            record = time_at(batch)
+            break
+        except Exception as err:  # noqa: BLE001
+            if not is_oom(err) or attempt == attempts - 1 or batch == 1:
+                raise
+            oom = True
+        if oom:  # outside the except block: the OOM traceback (and its frames) are gone
+            free_memory()
+            res.probes.append((batch, False))
+            batch = max(1, min(batch - 1, int(batch * 0.95)) if predict else batch - 1)
+    if predict:
+        res.probes.append((batch, True))
+        res.max_batch = batch
+    record["search"] = {**res.to_dict(), "mode": "predict" if predict else "exact"}
+    record["search_guess"] = guess
+    record["probe_peaks"] = {str(b): (p.get("peak_mem_bytes") if isinstance(p, dict) else None)
+                             for b, p in probes.items()}
+    if not predict and batch != res.max_batch:
+        record["note"] = (f"search found {res.max_batch} but the timed run at that batch ran out "
+                          f"of memory; timed at {batch}")
+    return record
+
+
 # --------------------------------------------------------------------------------------------
 # Environment and results
 # --------------------------------------------------------------------------------------------
@@ -1128,17 +1171,50 @@ def run(args: argparse.Namespace) -> int:
           f"{', baseline' if cfg.baseline else ''}"
           f"{', max batch (' + cfg.fast_max_batch + ')' if cfg.max_batch else ''})", flush=True)
     t0 = time.time()
-    rc = subprocess.run(cmd, env=env, cwd=REPO_ROOT).returncode
-    print(f"fastep bench: suite finished in {time.time() - t0:.0f} s (pytest exit code {rc})", flush=True)
+    rc, interrupted = _run_child(cmd, env)
+    print(f"fastep bench: suite {'interrupted' if interrupted else 'finished'} after "
+          f"{time.time() - t0:.0f} s (pytest exit code {rc})", flush=True)
 
     scaling = None
-    if args.scaling:
+    if args.scaling and not interrupted:
         scaling = run_scaling_subprocess(args, cfg, device, out, tag, env)
     records = read_records(jsonl)
     head = read_header(jsonl) or {}
     env_rec = head.get("env") or {"device": device}
     kern = str(out / f"kernels_{'cuda' if device == 'cuda' else 'cpu'}.md") if args.kernels else None
     return _report_and_print(records, cfg, env_rec, out, tag, scaling, rc, kern)
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):  # pragma: no cover - exercised by a timeout on a GPU machine
+    raise _Terminated()
+
+
+def _run_child(cmd: List[str], env: Dict[str, str]) -> Tuple[int, bool]:
+    """Run the suite in a child process.  SIGTERM (``timeout``) or Ctrl-C stops the child (it
+    would otherwise keep the GPU busy as an orphan) and returns, so the caller still writes the
+    report of what was measured (the records are appended as they come)."""
+    import signal
+
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT)
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return proc.wait(), False
+    except (KeyboardInterrupt, _Terminated):
+        print("fastep bench: stopping the suite, writing the report of what was measured",
+              file=sys.stderr, flush=True)
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return proc.returncode if proc.returncode is not None else -15, True
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def run_scaling_subprocess(args, cfg: BenchConfig, device: str, out: Path, tag: str, env

@@ -313,3 +313,35 @@ def test_from_records_merges_runs(tmp_path, capsys):
     assert any(p["status"].startswith("skipped") for p in rep["problems"])
     assert "| Ours v3 | 64.9 | 1.5 | 9 | 6.00x |" in capsys.readouterr().out
     assert (tmp_path / "out" / "train_cuda.records.jsonl").exists()
+
+
+def _timed_until(threshold, calls):
+    def time_at(batch):
+        calls.append(batch)
+        if batch > threshold:
+            raise torch.OutOfMemoryError("CUDA out of memory (timed run)")
+        return {"batch": batch, "s_per_kimg": 1.0}
+    return time_at
+
+
+def test_max_batch_case_predict_steps_down_until_it_fits():
+    calls = []
+    rec = bench.run_max_batch_case(_timed_until(90, calls), None, guess=100, predict=True)
+    assert calls == [100, 95, 90] and rec["batch"] == 90
+    assert rec["search"]["mode"] == "predict" and rec["search"]["max_batch"] == 90
+    assert rec["search"]["probes"] == [[100, False], [95, False], [90, True]]
+    with pytest.raises(torch.OutOfMemoryError):  # gives up after 4 attempts
+        bench.run_max_batch_case(_timed_until(10, []), None, guess=100, predict=True)
+
+
+def test_max_batch_case_exact_uses_the_search_and_notes_a_step_down():
+    dev = FakeMemory(cap=1000 + 50 * 100)
+    search = lambda: (bench.find_max_batch(bench.fits_from_runner(dev.run), start=8),  # noqa: E731
+                      {50: {"peak_mem_bytes": 6000}})
+    rec = bench.run_max_batch_case(_timed_until(50, []), search, guess=None, predict=False)
+    assert rec["batch"] == 50 and rec["search"]["max_batch"] == 50 and "note" not in rec
+    assert rec["search"]["mode"] == "exact" and rec["probe_peaks"] == {"50": 6000}
+    rec = bench.run_max_batch_case(_timed_until(49, []), search, guess=None, predict=False)
+    assert rec["batch"] == 49 and "ran out of memory" in rec["note"]
+    with pytest.raises(ValueError, match="needs a positive"):
+        bench.run_max_batch_case(_timed_until(49, []), None, guess=None, predict=True)
