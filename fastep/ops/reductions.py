@@ -44,6 +44,14 @@ def _kernels():
     return K
 
 
+def _like(g: Tensor, x: Tensor) -> Tensor:
+    """``g`` with exactly the layout ``torch.empty_like(x)`` has (what the fake kernels promise)."""
+    out = torch.empty_like(x)
+    if g.stride() == out.stride() and g.dtype == out.dtype:
+        return g
+    return out.copy_(g)
+
+
 def _out_dtype(t: Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
@@ -71,7 +79,7 @@ def _wfd_bwd(grad: Tensor, xs: List[Tensor], ys: List[Tensor], weights: List[flo
     else:
         gxs, gys = _ref.weighted_feature_distance_backward_reference(grad, xs, ys, weights, p,
                                                                      need_gx, need_gy)
-    return list(gxs or []) + list(gys or [])
+    return [_like(g, x) for g, x in zip(gxs or [], xs)] + [_like(g, y) for g, y in zip(gys or [], ys)]
 
 
 @_wfd_bwd.register_fake
@@ -188,9 +196,10 @@ def _lpips_bwd(grad: Tensor, f0s: List[Tensor], f1s: List[Tensor], lin_weights: 
             g0, g1 = K.lpips_layer_bwd(grad, f0, f1, w, eps, need_g0, need_g1)
             g0s.append(g0)
             g1s.append(g1)
-        return (g0s if need_g0 else []) + (g1s if need_g1 else [])
-    g0s, g1s = _ref.lpips_distance_backward_reference(grad, f0s, f1s, lin_weights, eps, need_g0, need_g1)
-    return [g.contiguous() for g in (g0s or [])] + [g.contiguous() for g in (g1s or [])]
+    else:
+        g0s, g1s = _ref.lpips_distance_backward_reference(grad, f0s, f1s, lin_weights, eps, need_g0, need_g1)
+    return ([_like(g, f) for g, f in zip(g0s, f0s)] if need_g0 else []) + \
+           ([_like(g, f) for g, f in zip(g1s, f1s)] if need_g1 else [])
 
 
 @_lpips_bwd.register_fake
