@@ -493,6 +493,13 @@ class TrainStep:
 
     step = __call__
 
+    def explain(self, A: Tensor, B: Tensor):
+        """``torch._dynamo.explain`` of the step's forward on a batch (graph count, graph breaks)."""
+        self._check_batch(A, B)
+        A = A.to(self.device, torch.float32).contiguous(memory_format=self.memory_format)
+        B = B.to(self.device, torch.float32).contiguous(memory_format=self.memory_format)
+        return torch._dynamo.explain(self._forward)(A, B, self._noise(A.shape[0]))
+
     @torch.no_grad()
     def _update_ema(self) -> None:
         if self.ema_decay <= 0.0:

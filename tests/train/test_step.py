@@ -327,6 +327,7 @@ def test_cuda_compiled_bf16_fused_step(name):
     torch.cuda.synchronize()
     assert all(torch.isfinite(v).item() for v in losses.values())
     assert all(v.device.type == "cuda" for v in losses.values())
+    assert step.explain(A, B).graph_break_count == 0
 
 
 @pytest.mark.cuda
