@@ -612,6 +612,10 @@ class LPIPS(nn.Module):
     def forward(self, in0: Tensor, in1: Tensor, normalize: bool = False, retPerLayer: bool = False):
         _check_images(in0, "in0")
         _check_images(in1, "in1", like=in0, like_name="in0")
+        min_size = 31 if self.net_name == "alex" else 16
+        if min(in0.shape[-2:]) < min_size:
+            raise ValueError(f"in0: LPIPS({self.net_name!r}) needs images of at least {min_size} x {min_size} "
+                             f"pixels, got {tuple(in0.shape[-2:])}")
         if normalize:
             self._range(in0, in1, lo=0.0, hi=1.0)
             in0, in1 = 2 * in0 - 1, 2 * in1 - 1

@@ -176,6 +176,10 @@ def test_lpips_bad_input(pair, tmp_path):
         fast(a, b[:1])
     with pytest.raises(ValueError, match="in0"):
         fast(a[:, :2], b[:, :2])
+    with pytest.raises(ValueError, match="in0"):
+        fast(a[..., :24, :24], b[..., :24, :24])
+    with torch.no_grad():
+        assert fast(a[..., :31, :31], b[..., :31, :31]).shape == (2, 1, 1, 1)
     with pytest.raises(ValueError, match="net"):
         L.LPIPS("squeeze", backbone_weights="random")
     with pytest.raises(ValueError, match="version"):
