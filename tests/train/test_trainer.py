@@ -262,3 +262,65 @@ def test_tensorboard_missing_is_a_note_not_an_error(tmp_path, monkeypatch):
     notes.clear()
     tr = _trainer(ToyStep(), tmp_path / "run", kimg=0.008, tensorboard=True, log=notes.append)
     assert tr.fit()["steps"] == 2 and any("pip install tensorboard" in n for n in notes)
+
+
+_KILL_RUN = """
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+torch.set_num_threads(1)
+from _toy import ToyPairs, ToyStep
+from fastep.train.trainer import Trainer
+torch.manual_seed(0)
+step = ToyStep()
+pad = torch.randn(4_000_000, generator=torch.Generator().manual_seed(1))  # 16 MB per checkpoint: writing takes long enough to be caught mid-write
+Trainer(step, ToyPairs(n=22), stage="2", batch_size=4, kimg=0.12, out_dir=sys.argv[1], seed=3, log_every=3,
+        ckpt_every_kimg=0.008, progress=False, tensorboard=False, lr_decay_start=0.25,
+        ckpt_meta={"pad": pad}, keep=2).fit(resume=True)
+"""
+
+
+def test_kill9_mid_checkpoint_during_training_then_resume_is_bit_identical(tmp_path):
+    """A real training process is SIGKILLed while it writes a checkpoint; resuming from what is on
+    disk finishes with weights bit-identical to an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    ck = out / "checkpoints"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_RUN, str(out), str(Path(__file__).parent)], env=env)
+    caught = False
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            # wait for at least one finished checkpoint, then kill during the next write
+            if any(ck.glob("stage2-*.pt")) and any(ck.glob(".stage2-*.tmp")):
+                os.kill(proc.pid, signal.SIGKILL)
+                caught = True
+                break
+            time.sleep(0.001)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert caught, f"the run finished (rc {proc.returncode}) before a checkpoint write could be interrupted"
+    mgr = CheckpointManager(ck, prefix="stage2")
+    path, ckpt = mgr.latest()
+    assert 0 < ckpt["step"] < 30
+
+    # resume in this process from whatever the killed run left behind
+    torch.manual_seed(0)
+    b = ToyStep()
+    m = _trainer(b, out, kimg=0.12, ckpt_every_kimg=0.008, keep=2, ckpt_meta={"pad": ckpt["pad"]}).fit(resume=True)
+    assert m["steps"] == 30
+    torch.manual_seed(0)
+    ref = ToyStep()
+    _trainer(ref, tmp_path / "ref", kimg=0.12, ckpt_every_kimg=0).fit()
+    w_ref, w_b = weights_of(ref), weights_of(b)
+    for k in w_ref:
+        assert torch.equal(w_ref[k], w_b[k]), k
