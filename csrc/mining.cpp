@@ -11,6 +11,8 @@
 //       `stream` is the cudaStream_t (torch.cuda.current_stream().cuda_stream) on CUDA, else 0.
 //       Order: near = (distance, index) ascending; far = distance descending, ties -> smaller
 //       index.  The self pair (global row == global column) is skipped.
+//   fastep_C::colsum64(x) -> Tensor[D] float64; fastep_C::center_stats_(x, mu, out!, sq!, q4!)
+//       the statistics pass on CPU: column sums, and centring fused with the row norms.
 //   fastep_C::pair_sqdist(x, y, i, j) -> Tensor[P] float64
 //       sum_k (x[i_p, k] - y[j_p, k])^2 in float64 (exact re-ranking of candidate pairs).
 //
@@ -21,6 +23,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -216,6 +219,77 @@ at::Tensor pair_sqdist_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const
   return out;
 }
 
+
+// ---- statistics pass on CPU: column sums and centring fused with the row norms ----------------
+at::Tensor colsum64_cpu(const at::Tensor& x_in) {
+  TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kFloat, "colsum64: x must be 2-D float32");
+  at::Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0), D = x.size(1);
+  at::Tensor out = at::zeros({D}, x.options().dtype(at::kDouble));
+  const float* xp = x.data_ptr<float>();
+  double* op = out.data_ptr<double>();
+  const int64_t CB = 1024;
+  const int nthreads = at::get_num_threads();
+  const bool par = N * D >= (int64_t{1} << 20);
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (par)
+  for (int64_t c0 = 0; c0 < D; c0 += CB) {
+    const int64_t c1 = std::min(D, c0 + CB);
+    for (int64_t r = 0; r < N; ++r) {
+      const float* row = xp + r * D;
+      for (int64_t c = c0; c < c1; ++c) op[c] += static_cast<double>(row[c]);
+    }
+  }
+  return out;
+}
+
+// out = fl32(x - mu); sq[r] = sum out^2 and q4[r] = (sum out^4)^(1/4), accumulated in float64.
+void center_stats_cpu(const at::Tensor& x_in, const at::Tensor& mu_in, const at::Tensor& out,
+                      const at::Tensor& sq, const at::Tensor& q4) {
+  TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kFloat, "center_stats_: x must be 2-D float32");
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous() && out.sizes() == x_in.sizes(),
+              "center_stats_: out must be a contiguous float32 tensor shaped like x");
+  TORCH_CHECK(sq.scalar_type() == at::kDouble && q4.scalar_type() == at::kDouble &&
+                  sq.is_contiguous() && q4.is_contiguous() && sq.numel() == x_in.size(0) &&
+                  q4.numel() == x_in.size(0),
+              "center_stats_: sq and q4 must be contiguous float64 of length N");
+  at::Tensor x = x_in.contiguous(), mu = mu_in.to(at::kFloat).contiguous();
+  const int64_t N = x.size(0), D = x.size(1);
+  TORCH_CHECK(mu.numel() == D, "center_stats_: mu must have D elements");
+  const float* xp = x.data_ptr<float>();
+  const float* mp = mu.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  double* sp = sq.data_ptr<double>();
+  double* qp = q4.data_ptr<double>();
+  const int nthreads = at::get_num_threads();
+  const bool par = N * D >= (int64_t{1} << 20);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (par)
+  for (int64_t r = 0; r < N; ++r) {
+    const float* row = xp + r * D;
+    float* orow = op + r * D;
+    double s2a = 0, s2b = 0, s4a = 0, s4b = 0;
+    int64_t c = 0;
+    for (; c + 2 <= D; c += 2) {
+      const float v0 = row[c] - mp[c], v1 = row[c + 1] - mp[c + 1];
+      orow[c] = v0;
+      orow[c + 1] = v1;
+      const double d0 = static_cast<double>(v0) * v0, d1 = static_cast<double>(v1) * v1;
+      s2a += d0;
+      s2b += d1;
+      s4a += d0 * d0;
+      s4b += d1 * d1;
+    }
+    for (; c < D; ++c) {
+      const float v0 = row[c] - mp[c];
+      orow[c] = v0;
+      const double d0 = static_cast<double>(v0) * v0;
+      s2a += d0;
+      s4a += d0 * d0;
+    }
+    sp[r] = s2a + s2b;
+    qp[r] = std::sqrt(std::sqrt(s4a + s4b));
+  }
+}
+
 #ifdef FASTEP_WITH_CUDA
 void topk_update_cuda(const at::Tensor& tile_in, const c10::optional<at::Tensor>& row_sq,
                       const c10::optional<at::Tensor>& col_sq, int64_t row_start,
@@ -259,11 +333,15 @@ TORCH_LIBRARY_FRAGMENT(fastep_C, m) {
       "Tensor(a!) near_d, Tensor(b!) near_i, Tensor(c!) far_d, Tensor(d!) far_i, "
       "bool transpose=False, int stream=0) -> ()");
   m.def("pair_sqdist(Tensor x, Tensor y, Tensor i, Tensor j) -> Tensor");
+  m.def("colsum64(Tensor x) -> Tensor");
+  m.def("center_stats_(Tensor x, Tensor mu, Tensor(a!) out, Tensor(b!) sq, Tensor(c!) q4) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(fastep_C, CPU, m) {
   m.impl("topk_update_", &topk_update_cpu);
   m.impl("pair_sqdist", &pair_sqdist_cpu);
+  m.impl("colsum64", &colsum64_cpu);
+  m.impl("center_stats_", &center_stats_cpu);
 }
 
 #ifdef FASTEP_WITH_CUDA

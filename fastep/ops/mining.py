@@ -60,6 +60,29 @@ _ext.register_op("sqdist_tile", cuda=("triton",), cpu=("reference",),
                  doc="squared-distance tile from a GEMM with norm/clamp epilogue (+ transpose)")
 
 _EMPTY = torch.iinfo(torch.int64).max
+_CPU_SEG_K = 2048  # CPU GEMMs accumulate float32 over this many columns, then float64
+
+
+def _chunked_dots(a: Tensor, b: Tensor, seg: int) -> Tensor:
+    """a @ b.T as float32 GEMMs over column chunks of ``seg`` (one batched GEMM on strided views,
+    no copies), the chunk results summed in float64: the float32 rounding grows with ``seg``."""
+    if a.dtype != torch.float32:
+        a, b = a.float(), b.float()
+    k = a.shape[1]
+    if k <= seg:
+        return a @ b.t()
+    nc = k // seg
+    main = nc * seg
+    if a.stride(1) != 1 or a.stride(0) < k:
+        a = a.contiguous()
+    if b.stride(1) != 1 or b.stride(0) < k:
+        b = b.contiguous()
+    a3 = a.as_strided((nc, a.shape[0], seg), (seg, a.stride(0), 1))
+    b3 = b.as_strided((nc, b.shape[0], seg), (seg, b.stride(0), 1))
+    out = torch.bmm(a3, b3.transpose(1, 2)).sum(0, dtype=torch.float64)
+    if main < k:
+        out += (a[:, main:] @ b[:, main:].t()).double()
+    return out
 _U32 = 2.0 ** -24
 
 
@@ -291,7 +314,8 @@ def unit_roundoff(compute_dtype: torch.dtype, device_type: str) -> float:
 
 def error_bound(row_norm: Tensor, row_q: Tensor, col_norm: Union[Tensor, float],
                 col_q: Union[Tensor, float], dim: int, compute_dtype: torch.dtype,
-                device_type: str = "cpu", mode: str = "probabilistic", lam: float = 8.0) -> Tensor:
+                device_type: str = "cpu", mode: str = "probabilistic", lam: float = 8.0,
+                acc_len: Optional[int] = None) -> Tensor:
     """Bound on |d_approx - d_exact| for the candidate pass's squared distances (float64).
 
     ``row_norm``/``col_norm`` are |c|_2 and ``row_q``/``col_q`` |c|_4 = (sum c^4)^(1/4) of the
@@ -306,7 +330,12 @@ def error_bound(row_norm: Tensor, row_q: Tensor, col_norm: Union[Tensor, float],
       independent and mean zero, each sum's error is within lambda sqrt(n) u (and the input
       rounding term, by Hoeffding, within lambda (2u_in + u_in^2) sqrt(sum_k c_ik^2 c_jk^2), which
       Cauchy-Schwarz bounds by lambda (2u_in + u_in^2) |c_i|_4 |c_j|_4) with probability >= 1 - 2 exp(-lambda^2 (1-u)^2 / 2) per quantity (lambda = 8: 2.5e-14).
-    d error <= 2 |dot err| + 3 u (|c_i| + |c_j|)^2.
+    d error <= 2 |dot err| + 5 u (|c_i| + |c_j|)^2 (float32 epilogue 3u; 2u for norms taken of
+    the float32-rounded centred vectors on CPU).
+
+    ``acc_len``: the GEMMs accumulate in float32 over segments of this many terms only (CPU:
+    one float32 GEMM per K-chunk, chunks summed in float64; Triton: segments summed with Kahan
+    compensation), so n = acc_len in gamma, plus 2u for combining the segments.
     """
     u_c = unit_roundoff(compute_dtype, device_type)
     u_in = u_c + _U32 + u_c * _U32
@@ -314,15 +343,18 @@ def error_bound(row_norm: Tensor, row_q: Tensor, col_norm: Union[Tensor, float],
     row_norm = row_norm.double()
     row_q = row_q.double()
     if mode == "rigorous":
-        du = dim * _U32
-        gamma = du / (1 - du) if du < 1 else math.inf
+        n_acc = dim if acc_len is None else min(dim, int(acc_len))
+        du = n_acc * _U32
+        gamma = (du / (1 - du) if du < 1 else math.inf) + (0 if n_acc == dim else 2 * _U32)
         dot = (rel_in + gamma * (1 + u_in) ** 2) * row_norm * col_norm
     elif mode == "probabilistic":
-        gamma = math.expm1(lam * math.sqrt(dim) * _U32 + dim * _U32 ** 2 / (1 - _U32))
+        n_acc = dim if acc_len is None else min(dim, int(acc_len))
+        gamma = math.expm1(lam * math.sqrt(n_acc) * _U32 + n_acc * _U32 ** 2 / (1 - _U32)) + \
+            (0 if n_acc == dim else 2 * _U32)
         dot = lam * rel_in * row_q * col_q + gamma * (1 + u_in) ** 2 * row_norm * col_norm
     else:
         raise ValueError(f"bound: expected 'probabilistic' or 'rigorous', got {mode!r}")
-    return 2 * dot + 3 * _U32 * (row_norm + col_norm) ** 2
+    return 2 * dot + 5 * _U32 * (row_norm + col_norm) ** 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,29 +509,47 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
     # ---- 1. statistics: mean, centred norms (and the resident centred copy when it fits) -----
     src_es = torch.empty(0, dtype=src.dtype).element_size()
     ces = torch.empty(0, dtype=compute_dtype).element_size()
-    stat_rows = max(1, min(n, (256 << 20) // max(1, dim * 8), budget // max(1, dim * (src_es + 24))))
+    stat_rows = max(1, min(n, (16 << 20) // max(1, dim * 8), budget // max(1, dim * (src_es + 24))))
     total = torch.zeros(dim, dtype=torch.float64, device=device)
+    cpp_stats = device.type == "cpu" and _ext.has_C() and _ext.backend_for("topk_update", device) == "cpp"
+    if cpp_stats:  # bigger chunks: the C++ loops make no temporaries
+        stat_rows = max(1, min(n, (256 << 20) // max(1, dim * 4)))
     for s in range(0, n, stat_rows):
-        total += src.rows(s, min(n, s + stat_rows), device, stage).double().sum(0)
+        x = src.rows(s, min(n, s + stat_rows), device, stage)
+        if cpp_stats and x.dtype == torch.float32:
+            total += torch.ops.fastep_C.colsum64(x)
+        else:
+            total += x.sum(0, dtype=torch.float64)
+        del x
     mu32 = (total / n).float()
     mu64 = mu32.double()
     # Resident: the centred vectors in the compute precision fit the budget (with room for
     # tiles); they are converted once and the tiles are views.  Otherwise blocks are streamed.
     resident = n * dim * ces <= 0.6 * budget
     xall = torch.empty((n, dim), dtype=compute_dtype, device=device) if resident else None
+    # float32 GEMM inputs: the norms are those of the rounded centred vectors c~ = fl(x - mu)
+    # (what the GEMM multiplies; |c~ - c| <= u|c| is in error_bound's epilogue term); lower
+    # precisions: norms of the exact c = x - mu in float64.
+    norms_of_rounded = compute_dtype == torch.float32
     sq = torch.empty(n, dtype=torch.float64)
     q4 = torch.empty(n, dtype=torch.float64)
     for s in range(0, n, stat_rows):
         e = min(n, s + stat_rows)
         x = src.rows(s, e, device, stage)
-        c = x.double() - mu64
-        c2 = c.square_()
-        sq[s:e] = c2.sum(1).cpu()
-        q4[s:e] = c2.square_().sum(1).pow(0.25).cpu()  # |c|_4
-        del c, c2
-        if resident:
-            xall[s:e] = (x.float() - mu32).to(compute_dtype)
-        del x
+        if norms_of_rounded:
+            c = xall[s:e] if resident else torch.empty((e - s, dim), dtype=torch.float32, device=device)
+            if cpp_stats:
+                torch.ops.fastep_C.center_stats_(x.float(), mu32, c, sq[s:e], q4[s:e])
+                del c, x
+                continue
+            torch.sub(x.float(), mu32, out=c)
+        else:
+            c = x.double() - mu64
+            if resident:
+                xall[s:e] = (x.float() - mu32).to(compute_dtype)
+        sq[s:e] = torch.linalg.vector_norm(c, 2, dim=1, dtype=torch.float64).square().cpu()
+        q4[s:e] = torch.linalg.vector_norm(c, 4, dim=1, dtype=torch.float64).cpu()  # |c|_4
+        del c, x
     norms = sq.sqrt()
     sq_dev = sq.to(device)
 
@@ -558,7 +608,7 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
                     _topk_update_impl(dt, None, None, sj, si, near_d, near_i, far_d, far_i, False)
                 del d, dt
             else:
-                dots = Xi.float() @ Xj.float().t() if Xi.dtype != torch.float32 else Xi @ Xj.t()
+                dots = _chunked_dots(Xi, Xj, _CPU_SEG_K)
                 _topk_update_impl(dots, sq_dev[si:ei], sq_dev[sj:ej], si, sj, near_d, near_i,
                                   far_d, far_i, False)
                 if sym:
@@ -572,8 +622,13 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
         bar.close()
 
     # ---- 3. certification and exact re-ranking ------------------------------------------------
+    if use_triton:
+        from fastep.kernels import mining as _k
+        acc_len = _k.SEG_K
+    else:
+        acc_len = _CPU_SEG_K
     eps = error_bound(norms, q4, float(norms.max()), float(q4.max()), dim, compute_dtype,
-                      device.type, bound, lam)
+                      device.type, bound, lam, acc_len=acc_len)
     exact = _ExactPairs(src, device, budget)
     info: Dict[str, object] = dict(n=n, dim=dim, distance=dist_name, compute_dtype=str(compute_dtype),
                                    device=str(device), block_rows=B, resident=resident, tiles=len(pairs), bound=bound,

@@ -38,7 +38,7 @@ def _data(kind, n, d, gen):
 
 @pytest.mark.parametrize("kind,n,d,block", [("gauss", 97, 33, 20), ("gram_like", 150, 300, 64),
                                             ("ties", 120, 5, 32), ("dups", 101, 17, 25),
-                                            ("gauss", 64, 1, None)])
+                                            ("gauss", 64, 1, None), ("gram_like", 60, 4500, 25)])
 def test_matches_float64_brute_force(kind, n, d, block):
     gen = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
     x = _data(kind, n, d, gen)
