@@ -39,7 +39,7 @@ __all__ = ["PipelineOptions", "run_pipeline", "run_stage1", "run_gan_stage", "ru
            "default_options"]
 
 # The paper's lengths (SPEC): stage 2 to 250 kimg, stage 3 to 700 kimg at 256 x 256, batch 8.
-GPU_DEFAULTS = dict(resolution=256, batch=8, stage2_kimg=250.0, stage3_kimg=700.0, n_train=20000, n_val=500,
+GPU_DEFAULTS = dict(resolution=256, batch=8, stage2_kimg=250.0, stage3_kimg=700.0, n_train=5000, n_val=500,
                     stage1_epochs=20, mapper_epochs=500, ckpt_every=10.0, image_every=10.0, log_every=50,
                     workers=8)
 # Scaled down so that the whole job takes a few minutes on a 2-core CPU at 64 x 64.
