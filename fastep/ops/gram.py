@@ -407,15 +407,17 @@ def _style_loss_backward(ctx, dloss, dflat):
             yi += 1
         # dL/dD = 2 w / (N C^2) * dloss * D (+ the gradient of the returned buffer, if any)
         g = None
+        gscale = 2.0 * w / (n * c * c)
         if dloss is not None:
-            g = d * dloss.to(d.dtype)
-            gscale = 2.0 * w / (n * c * c)
+            g = d * dloss.to(d.dtype)          # symmetric; dL/dD = gscale * g
         if dviews[l] is not None:
             g = dviews[l] if g is None else g * gscale + dviews[l]
-            gscale = 1.0
-            sym = g + g.transpose(1, 2)
+            gscale = 1.0                       # now dL/dD = g, not necessarily symmetric
+            sym, sscale = g + g.transpose(1, 2), 1.0
+        elif g is not None and ctx.t_info[l] is not None:
+            sym, sscale = g + g.transpose(1, 2), gscale   # a target need not be symmetric
         elif g is not None:
-            sym, gscale = g, 2.0 * gscale        # g is symmetric: g + g^T = 2 g
+            sym, sscale = g, 2.0 * gscale      # G(x) - G(y) is symmetric: g + g^T = 2 g
         if g is None:
             dxs.append(None)
             dys.append(None)
@@ -423,12 +425,12 @@ def _style_loss_backward(ctx, dloss, dflat):
             continue
         dx = dy = dt = None
         if need_x[l]:
-            dx = _sym_times_features(sym, x, gscale / (c * x.shape[2] * x.shape[3]))
+            dx = _sym_times_features(sym, x, sscale / (c * x.shape[2] * x.shape[3]))
         if y is not None and need_y[l]:
-            dy = _sym_times_features(sym, y, -gscale / (c * y.shape[2] * y.shape[3]))
+            dy = _sym_times_features(sym, y, -sscale / (c * y.shape[2] * y.shape[3]))
         if ctx.t_info[l] is not None and need_t[l]:
             tshape, tdtype = ctx.t_info[l]
-            dt = -(sym * (0.5 * gscale))
+            dt = g * (-gscale)                 # dL/dT = -dL/dD
             if len(tshape) == 2:
                 dt = dt.sum(0)
             elif tshape[0] == 1 and n != 1:

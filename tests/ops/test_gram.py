@@ -411,6 +411,25 @@ def test_opcheck(device):
 
 
 @not_interpreted
+def test_gradcheck_float64():
+    """torch.autograd.gradcheck of the custom ops' backward formulas (float64, CPU)."""
+    kw = dict(dtype=torch.float64, requires_grad=True)
+    x = [torch.randn(2, 3, 2, 3, **kw), torch.randn(2, 4, 1, 2, **kw)]
+    y = [torch.randn(2, 3, 2, 3, **kw), torch.randn(2, 4, 3, 1, **kw)]
+    t = [torch.randn(3, 3, **kw), torch.randn(1, 4, 4, **kw)]
+    op = torch.ops.fastep.style_loss.default
+    # both outputs (the loss and the flat G(x) - G(y) buffer) are differentiated
+    assert torch.autograd.gradcheck(lambda a, b, c, d: op([a, b], [c, d], [], [0.7, 1.3]), (*x, *y))
+    assert torch.autograd.gradcheck(lambda a, b, c, d: op([a, b], [], [c, d], [0.7, 1.3]), (*x, *t))
+    assert torch.autograd.gradcheck(lambda a, c: torch.ops.fastep.gram_diff(a, c, None), (x[0], y[0]))
+    assert torch.autograd.gradcheck(lambda a: torch.ops.fastep.gram(a, None), (x[1],))
+    v = torch.randn(3, 5, **kw)
+    w = torch.randn(4, 5, **kw)
+    assert torch.autograd.gradcheck(lambda a, b: torch.ops.fastep.pairwise_style_distance(a, b, 2), (v, w))
+    assert torch.autograd.gradcheck(lambda a: torch.ops.fastep.pairwise_style_distance(a, None, 8), (v,))
+
+
+@not_interpreted
 def test_torch_compile_cpu():
     torch._dynamo.reset()
 
