@@ -18,6 +18,9 @@ import triton.language as tl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
+#: columns accumulated in float32 before a Kahan-compensated add (multiple of every BLOCK_K)
+SEG_K = 2048
+
 
 def _configs():
     if _INTERPRET:
@@ -34,7 +37,7 @@ def _configs():
 @triton.jit
 def _sqdist_tile_kernel(a_ptr, b_ptr, asq_ptr, bsq_ptr, out_ptr, outt_ptr, M, N, K,
                         stride_am, stride_ak, stride_bn, stride_bk, stride_om, stride_tn,
-                        WRITE_T: tl.constexpr, DIAG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        WRITE_T: tl.constexpr, DIAG: tl.constexpr, SEG_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -59,14 +62,25 @@ def _sqdist_tile_kernel(a_ptr, b_ptr, asq_ptr, bsq_ptr, out_ptr, outt_ptr, M, N,
     mask_n = rn < N
     a_ptrs = a_ptr + rm[:, None].to(tl.int64) * stride_am + rk[None, :] * stride_ak
     b_ptrs = b_ptr + rn[None, :].to(tl.int64) * stride_bn + rk[:, None] * stride_bk
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kmask = (k0 + rk) < K
-        a = tl.load(a_ptrs, mask=mask_m[:, None] & kmask[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0.0)
-        acc += tl.dot(a, b)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
+    # Segmented accumulation: float32 inside segments of SEG_K columns, segments summed with
+    # Kahan compensation, so the float32 rounding error grows with SEG_K, not with K (the
+    # error bound of fastep.ops.mining.error_bound uses acc_len=SEG_K).
+    total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    comp = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for s0 in range(0, K, SEG_K):
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(s0, tl.minimum(s0 + SEG_K, K), BLOCK_K):
+            kmask = (k0 + rk) < K
+            a = tl.load(a_ptrs, mask=mask_m[:, None] & kmask[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0.0)
+            acc = tl.dot(a, b, acc)
+            a_ptrs += BLOCK_K * stride_ak
+            b_ptrs += BLOCK_K * stride_bk
+        y = acc - comp
+        t = total + y
+        comp = (t - total) - y
+        total = t
+    acc = total
     asq = tl.load(asq_ptr + rm, mask=mask_m, other=0.0)
     bsq = tl.load(bsq_ptr + rn, mask=mask_n, other=0.0)
     d = asq[:, None] + bsq[None, :] - 2.0 * acc
@@ -85,7 +99,9 @@ def _sqdist_tile_kernel(a_ptr, b_ptr, asq_ptr, bsq_ptr, out_ptr, outt_ptr, M, N,
         tl.store(out_ptr + rn[None, :].to(tl.int64) * stride_om + rm[:, None], d, mask=lower)
 
 
-_autotuned = triton.autotune(configs=_configs(), key=["M", "N", "K", "WRITE_T", "DIAG"])(_sqdist_tile_kernel)
+# Tuned once per tile kind (self / pair / pair + transpose), not per shape: mining calls it with
+# a few large shapes and the best configuration does not depend on them.
+_autotuned = triton.autotune(configs=_configs(), key=["WRITE_T", "DIAG"])(_sqdist_tile_kernel)
 
 
 def sqdist_tile(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: torch.Tensor, *,
@@ -122,5 +138,5 @@ def sqdist_tile(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: torc
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     _autotuned[grid](a, b, a_sq, b_sq, out, tptr, M, N, K, a.stride(0), a.stride(1), b.stride(0),
                      b.stride(1), out.stride(0), tptr.stride(0), WRITE_T=bool(write_t),
-                     DIAG=bool(diagonal))
+                     DIAG=bool(diagonal), SEG_K=SEG_K)
     return out, (out_t if write_t else None)

@@ -509,7 +509,8 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
     # ---- 1. statistics: mean, centred norms (and the resident centred copy when it fits) -----
     src_es = torch.empty(0, dtype=src.dtype).element_size()
     ces = torch.empty(0, dtype=compute_dtype).element_size()
-    stat_rows = max(1, min(n, (16 << 20) // max(1, dim * 8), budget // max(1, dim * (src_es + 24))))
+    stat_bytes = (1 << 30) if device.type == "cuda" else (16 << 20)  # CPU: no page-fault churn
+    stat_rows = max(1, min(n, stat_bytes // max(1, dim * 8), budget // max(1, dim * (src_es + 24))))
     total = torch.zeros(dim, dtype=torch.float64, device=device)
     cpp_stats = device.type == "cpu" and _ext.has_C() and _ext.backend_for("topk_update", device) == "cpp"
     if cpp_stats:  # bigger chunks: the C++ loops make no temporaries
