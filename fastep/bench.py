@@ -1162,8 +1162,11 @@ def run(args: argparse.Namespace) -> int:
     if args.kernels:
         files += sorted(str(p) for p in BENCH_DIR.glob("test_bench_*.py") if p.name != TRAIN_BENCH_FILE)
     cmd = [sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider",
-           "--rootdir", str(REPO_ROOT), "--fastep-device", device, "--fastep-results", str(out),
+           "--rootdir", str(REPO_ROOT), "--fastep-device", device,
            "--benchmark-disable-gc", "--benchmark-columns=median,min,max,rounds"]
+    if args.kernels:  # the shared summary (kernels_<device>.json/.md) of every suite that ran;
+        # without --kernels it is not written, so a kernel run's files in --out stay intact
+        cmd += ["--fastep-results", str(out)]
     if args.pytest_args:
         cmd += args.pytest_args.split()
     print(f"fastep bench: {' '.join(cfg.approaches)} on {device} at {cfg.resolution}x{cfg.resolution}"

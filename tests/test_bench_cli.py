@@ -282,9 +282,10 @@ def test_quick_cpu_mode_end_to_end(tmp_path):
     assert "| approach | paper b8 |" in text and "| Ours v3 |" in text and "| Bicycle v2" in text
     assert "Paper ordering" in text and "arithmetic floor" in text
     assert "| Ours v3 |" in proc.stdout  # the table is printed
-    # the shared benchmark summary saw the same cases (group train_time)
-    kern = json.loads(next(out.glob("kernels_*.json")).read_text())
-    assert sum(r["group"] == "train_time" for r in kern["rows"]) == 8
+    # the shared benchmark summary saw the same cases (group train_time); its files are only
+    # written with --kernels, so a kernel run's kernels_<device>.json in the same folder survives
+    assert "fastep training time (s/kimg, median)" in proc.stdout
+    assert "fastep benchmark table" in proc.stdout and not list(out.glob("kernels_*.json"))
 
 
 def test_from_records_merges_runs(tmp_path, capsys):
