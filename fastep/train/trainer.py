@@ -594,7 +594,9 @@ class Trainer:
         if G is None or E is None:
             return
         if self._grid_batch is None:
-            items = [self.data.dataset[i] for i in range(min(self.n_grid, len(self.data)))]
+            # seeded per item, global RNG untouched: the grid never perturbs the training stream
+            fixed = SeededDataset(self.data.dataset, seed=self.seed)
+            items = [fixed[i] for i in range(min(self.n_grid, len(fixed)))]
             A = torch.stack([_unpack_batch(it)[0] for it in items])
             B = torch.stack([_unpack_batch(it)[1] for it in items])
             self._grid_batch = (A, B)
