@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from typing import Dict, NamedTuple, Tuple
 
+from fastep.train.config import APPROACHES as _PRESET_APPROACHES
+from fastep.train.config import _FLAGS as _PRESET_FLAGS
+from fastep.train.config import _TABLE as _PRESET_TABLE
+
 
 class PaperRow(NamedTuple):
     """One row of the paper's table."""
@@ -36,16 +40,9 @@ PAPER_TABLE: Dict[str, PaperRow] = {
 }
 
 #: The loss terms of each approach (paper Table 4, SPEC.md): what makes one step costlier.
-LOSS_TERMS_COLUMNS: Tuple[str, ...] = ("dir_recon", "cyc_recon", "d_dir", "d_rand_z", "z_recon",
-                                       "z_l2", "z_kl", "vae", "pretrained_e")
-LOSS_TERMS: Dict[str, Tuple[int, ...]] = {
-    "bicycle_v1": (1, 0, 1, 1, 1, 0, 1, 1, 0),
-    "bicycle_v2": (1, 1, 1, 1, 1, 0, 1, 1, 0),
-    "ours_v1": (1, 1, 1, 1, 1, 1, 0, 0, 1),
-    "ours_v2": (1, 0, 1, 1, 1, 1, 0, 0, 1),
-    "ours_v3": (1, 0, 1, 0, 0, 1, 0, 0, 1),
-    "ours_v4": (1, 0, 1, 0, 0, 0, 0, 0, 1),
-}
+# One table, kept by the trainer's presets (fastep.train.config); the timing table uses six rows.
+LOSS_TERMS_COLUMNS: Tuple[str, ...] = _PRESET_FLAGS
+LOSS_TERMS: Dict[str, Tuple[int, ...]] = {a: _PRESET_TABLE[a] for a in _PRESET_APPROACHES}
 
 
 def passes_per_step(approach: str) -> Dict[str, int]:
