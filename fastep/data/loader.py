@@ -3,6 +3,8 @@
 * :func:`make_loader` builds a ``DataLoader`` whose order depends only on ``(seed, epoch)``
   (a ``DistributedSampler`` shards it across ranks when ``distributed=True``; one process uses
   the same sampler with one replica), with persistent workers and pinned memory when asked;
+* :class:`SeededDataset` fixes every sample's random augmentation by (seed, epoch, index), so a
+  batch does not depend on the worker count or on where a run was resumed;
 * :class:`InfiniteLoader` walks epochs forever (``set_epoch`` each time), counts where it is,
   and resumes mid-epoch from its ``state_dict`` by skipping *indices* (no images are decoded for
   the skipped part).
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-__all__ = ["make_loader", "InfiniteLoader", "infinite", "ResumableSampler"]
+__all__ = ["make_loader", "InfiniteLoader", "infinite", "ResumableSampler", "SeededDataset"]
 
 
 class ResumableSampler(Sampler):
@@ -47,6 +49,37 @@ class ResumableSampler(Sampler):
         return len(self.base)
 
 
+class SeededDataset(Dataset):
+    """Wraps a data set so every sample's random augmentation is seeded by (seed, epoch, index).
+
+    The global torch / numpy / python RNG states are saved and restored around each item, so
+    loading data never perturbs the training RNG stream, and a sample looks the same whichever
+    worker loads it and whether or not the run was resumed.  Set ``epoch`` before each pass; the
+    workers must see it, so loaders over a ``SeededDataset`` use ``persistent_workers=False``.
+    """
+
+    def __init__(self, dataset, seed: int = 0):
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        s = (self.seed * 1_000_003 + self.epoch * 7_919 + int(index) * 104_729) % (2**31 - 1)
+        t_state, n_state, p_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+        try:
+            return self.dataset[index]
+        finally:
+            torch.set_rng_state(t_state)
+            np.random.set_state(n_state)
+            random.setstate(p_state)
+
+
 def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
@@ -56,14 +89,17 @@ def _seed_worker(worker_id: int) -> None:
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = True, workers: int = 0,
                 pin_memory: bool = False, drop_last: bool = True, distributed: bool = False,
                 seed: int = 0, num_replicas: Optional[int] = None, rank: Optional[int] = None,
-                prefetch_factor: Optional[int] = None,
+                prefetch_factor: Optional[int] = None, persistent_workers: bool = True,
                 collate_fn: Optional[Callable] = None) -> DataLoader:
     """A ``DataLoader`` over ``dataset`` with a deterministic (seed, epoch) order.
 
     ``batch_size`` is per process.  With ``distributed=True`` the data is sharded by a
     ``DistributedSampler`` (rank and world size from ``torch.distributed`` unless given).
     Call ``loader.sampler.set_epoch(e)`` per epoch, or iterate an :class:`InfiniteLoader`.
-    Workers are persistent (``workers > 0``) and seeded from ``seed``.
+    Workers are seeded from ``seed`` and persistent unless ``persistent_workers=False`` (needed
+    when the data set changes between epochs, e.g. :class:`SeededDataset`'s ``epoch``).
+    The sampler is a :class:`ResumableSampler` (``loader.sampler.skip_next(n)`` resumes
+    mid-epoch); ``loader.generator`` seeds the workers' base seeds.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
@@ -92,7 +128,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = True, work
     g.manual_seed(int(seed))
     kwargs: Dict[str, Any] = {}
     if workers > 0:
-        kwargs["persistent_workers"] = True
+        kwargs["persistent_workers"] = bool(persistent_workers)
         kwargs["worker_init_fn"] = _seed_worker
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor

@@ -15,9 +15,10 @@ G/E update per call, EMA included, returning detached loss tensors without a hos
   weights (CONTRACTS format), the full step state (optimizers, EMA, LR scale), every RNG
   (torch, CUDA, numpy, python; per rank under DDP) and the data-loader position, so that a
   resumed run reproduces an uninterrupted one bit for bit;
-* **data order** from a :class:`ResumableDistributedSampler` (a ``DistributedSampler`` that can
-  start mid-epoch) and per-sample augmentation seeds fixed by (seed, epoch, index), so the
-  batches do not depend on worker count or on where a run was resumed;
+* **data order** from :func:`fastep.data.make_loader` (a ``DistributedSampler`` that can skip
+  into an epoch) and per-sample augmentation seeds fixed by (seed, epoch, index)
+  (:class:`fastep.data.SeededDataset`), so the batches do not depend on worker count or on
+  where a run was resumed;
 * **logging** on rank 0 only: a tqdm bar with kimg/s and losses, TensorBoard scalars and image
   grids (when the ``tensorboard`` package is installed; otherwise a one-line note), sample grids
   as PNG, and a metrics JSON.
@@ -37,13 +38,13 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..data.loader import SeededDataset, make_loader
 from .checkpoint import (CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state,
                          save_atomic)
 
 __all__ = [
-    "Trainer", "NonFiniteLossError", "TrainingInterrupted", "ResumableDistributedSampler", "SeededDataset",
+    "Trainer", "NonFiniteLossError", "TrainingInterrupted", "SeededDataset",
     "lr_scale_at", "init_distributed", "dist_info", "is_main_process", "sample_grid",
     "save_image_grid", "write_json_atomic", "TensorBoardLogger", "model_weights",
 ]
@@ -116,65 +117,6 @@ def init_distributed(device: Union[str, torch.device, None] = None) -> Tuple[tor
     elif device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     return device, dist.get_rank(), dist.get_world_size()
-
-
-# ----------------------------------------------------------------------------- data order
-
-class ResumableDistributedSampler(DistributedSampler):
-    """``DistributedSampler`` (shuffled by seed + epoch, sharded by rank) that can start at an
-    arbitrary position of the epoch: ``set_start(n)`` skips this rank's first ``n`` indices.
-
-    Works in a single process too (``num_replicas=1, rank=0``).
-    """
-
-    def __init__(self, dataset, num_replicas=None, rank=None, shuffle=True, seed=0, drop_last=True):
-        if num_replicas is None or rank is None:
-            r, w = dist_info()
-            num_replicas = w if num_replicas is None else num_replicas
-            rank = r if rank is None else rank
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                         drop_last=drop_last)
-        self.start = 0
-
-    def set_start(self, start: int) -> None:
-        self.start = int(start)
-
-    def __iter__(self):
-        indices = list(super().__iter__())
-        return iter(indices[self.start:])
-
-    def __len__(self) -> int:
-        return max(0, self.num_samples - self.start)
-
-
-class SeededDataset(Dataset):
-    """Wraps a data set so every sample's random augmentation is seeded by (seed, epoch, index).
-
-    The global torch / numpy / python RNG states are saved and restored around each item, so
-    loading data never perturbs the training RNG stream, and a sample looks the same whichever
-    worker loads it and whether or not the run was resumed.
-    """
-
-    def __init__(self, dataset, seed: int = 0):
-        self.dataset = dataset
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        s = (self.seed * 1_000_003 + self.epoch * 7_919 + int(index) * 104_729) % (2**31 - 1)
-        t_state, n_state, p_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
-        torch.manual_seed(s)
-        np.random.seed(s)
-        random.seed(s)
-        try:
-            return self.dataset[index]
-        finally:
-            torch.set_rng_state(t_state)
-            np.random.set_state(n_state)
-            random.setstate(p_state)
 
 
 def _unpack_batch(batch) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -404,18 +346,18 @@ class Trainer:
         self.image_every = self._steps_for(image_every_kimg)
 
         self.data = SeededDataset(dataset, seed=self.seed)
-        self.sampler = ResumableDistributedSampler(self.data, num_replicas=self.world, rank=self.rank,
-                                                   shuffle=True, seed=self.seed, drop_last=True)
-        self.batches_per_epoch = self.sampler.num_samples // self.batch_size
-        if self.batches_per_epoch < 1:
+        if len(dataset) < self.batch_size * self.world:
             raise ValueError(f"the data set has {len(dataset)} images, fewer than one batch of "
                              f"{self.batch_size} per process x {self.world} processes; use a smaller "
                              "--batch or more data")
-        self._loader_gen = torch.Generator()
-        self.loader = DataLoader(self.data, batch_size=self.batch_size, sampler=self.sampler,
-                                 num_workers=self.num_workers, drop_last=True,
-                                 pin_memory=self.device.type == "cuda", generator=self._loader_gen,
-                                 persistent_workers=False)
+        # persistent_workers=False: the workers must see SeededDataset.epoch change
+        self.loader = make_loader(self.data, self.batch_size, shuffle=True, workers=self.num_workers,
+                                  pin_memory=self.device.type == "cuda", drop_last=True,
+                                  distributed=self.world > 1, seed=self.seed, num_replicas=self.world,
+                                  rank=self.rank, persistent_workers=False)
+        self.sampler = self.loader.sampler
+        self._loader_gen = self.loader.generator
+        self.batches_per_epoch = len(self.loader)
         self.ckpts = CheckpointManager(self.out_dir / "checkpoints", keep=self.keep, prefix=f"stage{self.stage}")
 
         # progress state (what a checkpoint saves)
@@ -633,7 +575,7 @@ class Trainer:
             while self.step_idx < self.total_steps:
                 self.data.epoch = self.epoch
                 self.sampler.set_epoch(self.epoch)
-                self.sampler.set_start(self.pos * self.batch_size)
+                self.sampler.skip_next(self.pos * self.batch_size)
                 self._loader_gen.manual_seed(self.seed * 1000 + self.epoch)
                 for batch in self.loader:
                     A, B = _unpack_batch(batch)

@@ -6,7 +6,8 @@ import torch
 
 from _toy import ToyPairs, ToyStep, weights_of
 from fastep.train.checkpoint import CheckpointManager, load_checkpoint
-from fastep.train.trainer import NonFiniteLossError, ResumableDistributedSampler, Trainer, lr_scale_at
+from fastep.data.loader import ResumableSampler, make_loader
+from fastep.train.trainer import NonFiniteLossError, Trainer, lr_scale_at
 
 
 @pytest.fixture(autouse=True)
@@ -36,13 +37,20 @@ def test_lr_scale_schedule():
     assert lr_scale_at(3, 10, decay_start=1.0) == 1.0
 
 
-def test_sampler_start_skips_within_epoch():
+def test_sampler_skip_within_epoch_sharded():
     ds = list(range(10))
-    s = ResumableDistributedSampler(ds, num_replicas=2, rank=1, seed=5)
+    loader = make_loader(ds, 2, distributed=True, num_replicas=2, rank=1, seed=5)
+    s = loader.sampler
+    assert isinstance(s, ResumableSampler)
     s.set_epoch(3)
     full = list(s)
-    s.set_start(2)
-    assert list(s) == full[2:] and len(s) == len(full) - 2
+    assert len(full) == 5 and len(set(full)) == 5
+    other = make_loader(ds, 2, distributed=True, num_replicas=2, rank=0, seed=5).sampler
+    other.set_epoch(3)
+    assert not set(full) & set(other)  # the two ranks' shards are disjoint
+    s.skip_next(2)
+    assert list(s) == full[2:]
+    assert list(s) == full  # the skip applies to one pass only
 
 
 def test_resume_is_bit_identical_to_uninterrupted(tmp_path):
