@@ -27,7 +27,7 @@ fi
 python3 -m fastep info | tee "$OUT/info.txt"
 if has tests; then
   echo "== tests on the GPU machine (CUDA + Triton-on-CUDA) =="
-  timeout "${TESTS_TIMEOUT:-400}" python3 -m pytest ${TESTS:-tests} -v -m "cuda or triton" -p no:cacheprovider --timeout=${PER_TEST_TIMEOUT:-90} --durations=15 2>&1 | tee "$OUT/tests_gpu.log" | tail -25
+  FASTEP_TEST_FAILLOG="$OUT/tests_gpu_failures.log" timeout "${TESTS_TIMEOUT:-400}" python3 -m pytest ${TESTS:-tests} -v -m "cuda or triton" -p no:cacheprovider --timeout=${PER_TEST_TIMEOUT:-90} --durations=15 2>&1 | tee "$OUT/tests_gpu.log" | tail -25
 fi
 if has kernels; then
   echo "== kernel benchmarks =="

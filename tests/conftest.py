@@ -43,6 +43,18 @@ def pytest_report_header(config):
     return f"fastep test seed: FASTEP_TEST_SEED={SESSION_SEED} (set it to replay this run)"
 
 
+# FASTEP_TEST_FAILLOG=<file>: append each failure's traceback the moment it happens.  A GPU
+# session killed by its time limit never reaches pytest's summary; this file still has them.
+FAILLOG = os.environ.get("FASTEP_TEST_FAILLOG")
+
+
+def pytest_runtest_logreport(report):
+    if FAILLOG and report.failed:
+        with open(FAILLOG, "a") as f:
+            f.write(f"==== {report.nodeid} ({report.when}) FAILED, FASTEP_TEST_SEED={SESSION_SEED}\n")
+            f.write(f"{report.longreprtext}\n\n")
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything(request):
     seed = (zlib.crc32(request.node.nodeid.encode()) ^ SESSION_SEED) % (2**31)
