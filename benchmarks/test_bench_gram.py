@@ -78,17 +78,29 @@ def _id(case):
     return f"N{n}_{res}px_{_tag(dt)}"
 
 
-@pytest.mark.parametrize("impl", ["baseline", "fastep"])
+def _half_triton_route(impl, device, dtype, monkeypatch):
+    """impl "fastep_triton": fastep with half precision kept on the Triton kernels (the default
+    routes fp16/bf16 gram and pairwise GEMMs on CUDA to cuBLAS: fastep/ops/gram.py)."""
+    if impl != "fastep_triton":
+        return impl
+    if device != "cuda" or dtype == torch.float32:
+        pytest.skip("the Triton/cuBLAS choice exists only for half precision on CUDA")
+    monkeypatch.setenv("FASTEP_HALF_GEMM", "triton")
+    return "fastep"
+
+
+@pytest.mark.parametrize("impl", ["baseline", "fastep", "fastep_triton"])
 @pytest.mark.parametrize("case_idx", range(6))
-def test_bench_gram(fastep_bench, device, case_idx, impl):
+def test_bench_gram(fastep_bench, device, case_idx, impl, monkeypatch):
     cases = _cases(device)
     if case_idx >= len(cases):
         pytest.skip("no such case on this device")
     n, res, dtype = cases[case_idx]
+    run = _half_triton_route(impl, device, dtype, monkeypatch)
     feats = _features(n, res, dtype, device)
     flops = _gram_flops(feats)
     fn = {"baseline": lambda: [_eager_gram(f) for f in feats],
-          "fastep": lambda: [fastep.gram(f) for f in feats]}[impl]
+          "fastep": lambda: [fastep.gram(f) for f in feats]}[run]
     fastep_bench(fn, group="gram", case=_id(cases[case_idx]), impl=impl, device=device, flops=flops)
 
 
@@ -142,14 +154,15 @@ def _pair_cases(device):
     return [(8, torch.float32)]
 
 
-@pytest.mark.parametrize("impl", ["baseline", "matmul", "fastep"])
+@pytest.mark.parametrize("impl", ["baseline", "matmul", "fastep", "fastep_triton"])
 @pytest.mark.parametrize("case_idx", range(7))
 @pytest.mark.parametrize("mode", ["cross", "self"])
-def test_bench_pairwise(fastep_bench, device, case_idx, mode, impl):
+def test_bench_pairwise(fastep_bench, device, case_idx, mode, impl, monkeypatch):
     cases = _pair_cases(device)
     if case_idx >= len(cases):
         pytest.skip("no such case on this device")
     n, dtype = cases[case_idx]
+    run = _half_triton_route(impl, device, dtype, monkeypatch)
     d = gram_vector_dim(VGG16_CHANNELS)
     x = torch.randn(n, d, device=device).to(dtype)
     y = x if mode == "self" else torch.randn(n, d, device=device).to(dtype)
@@ -163,4 +176,4 @@ def test_bench_pairwise(fastep_bench, device, case_idx, mode, impl):
     fns = {"baseline": baseline, "matmul": lambda: torch.matmul(x, y.T),
            "fastep": (lambda: fastep.pairwise_style_distance(x)) if mode == "self"
            else (lambda: fastep.pairwise_style_distance(x, y))}
-    fastep_bench(fns[impl], impl=impl, **kw)
+    fastep_bench(fns[run], impl=impl, **kw)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -38,16 +39,18 @@ from .. import _ext
 from . import reference as _ref
 
 __all__ = ["gram", "style_loss", "style_distance", "gram_vectors", "gram_vector_dim",
-           "pairwise_style_distance"]
+           "pairwise_style_distance", "gram_cublas", "pairwise_cublas"]
 
 _ext.register_op("gram", cuda=("triton",), cpu=("reference",),
-                 doc="F F^T / (C H W); Triton: upper-triangle tiles, split-K, fp32 accumulation")
+                 doc="F F^T / (C H W); Triton: upper-triangle tiles, split-K, fp32 accumulation; "
+                     "fp16/bf16 on CUDA: one cuBLAS bmm (FASTEP_HALF_GEMM)")
 _ext.register_op("gram_diff", cuda=("triton",), cpu=("reference",),
                  doc="G(x) - G(y) (or - target) in one kernel; behind style_loss/style_distance")
 _ext.register_op("style_loss", cuda=("triton",), cpu=("reference",),
                  doc="all layers in one op: fused G(x) - G(y) per layer, one GEMM per input in backward")
 _ext.register_op("pairwise_style_distance", cuda=("triton",), cpu=("reference",),
-                 doc="clamp(|x|^2 + |y|^2 - 2 x.y, 0): GEMM with norm/clamp epilogue")
+                 doc="clamp(|x|^2 + |y|^2 - 2 x.y, 0): GEMM with norm/clamp epilogue; "
+                     "fp16/bf16 on CUDA: cuBLAS mm + epilogue (FASTEP_HALF_GEMM)")
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 DEFAULT_BLOCK = 8192
@@ -67,6 +70,90 @@ def _use_triton(name: str, *tensors: Tensor) -> bool:
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# half-precision GEMMs through cuBLAS
+# ----------------------------------------------------------------------------------------------
+# Measured on an H100 (benchmarks/results/h100-2026-11-23): for bf16 operands cuBLAS beats the
+# Triton kernels on both plain GEMM-shaped ops -- gram 1.2-4x faster than kernels/gram.py at
+# VGG16 shapes, and the N x D x N GEMM of pairwise_style_distance reaches 748 TFLOP/s against
+# the Triton kernel's 289.  So fp16/bf16 `gram` and `pairwise_style_distance` on CUDA run a
+# cuBLAS GEMM with float32 accumulation plus a small epilogue; float32 stays on the Triton
+# kernels (tf32x3 dots: float32 accuracy at 2-5x cuBLAS's IEEE float32), and so does
+# `style_loss` (its fused G(x) - G(y) kernel has no cuBLAS equivalent).
+# FASTEP_HALF_GEMM=triton keeps half precision on the Triton kernels (benchmarks, debugging).
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _half_gemm_backend() -> str:
+    v = os.environ.get("FASTEP_HALF_GEMM", "cublas").strip().lower()
+    if v not in ("cublas", "triton"):
+        raise ValueError(f"FASTEP_HALF_GEMM: expected 'cublas' or 'triton', got {v!r}")
+    return v
+
+
+@functools.lru_cache(maxsize=None)
+def _has_out_dtype(device_type: str) -> bool:
+    """torch.mm/bmm(..., out_dtype=float32) for half operands (CUDA, torch >= 2.8)."""
+    try:
+        a = torch.ones((2, 2), dtype=torch.bfloat16, device=device_type)
+        ok = torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+        ok = ok and torch.bmm(a[None], a[None], out_dtype=torch.float32).dtype == torch.float32
+        return bool(ok)
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def _use_cublas(x: Tensor, need_f32_out: bool) -> bool:
+    """Route this half-precision CUDA GEMM to cuBLAS (see above)?"""
+    return (x.is_cuda and x.dtype in _HALF and _half_gemm_backend() == "cublas"
+            and (not need_f32_out or _has_out_dtype("cuda")))
+
+
+def _mm_f32(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b with float32 accumulation and a float32 result, for half or float32 operands."""
+    if a.dtype in _HALF and _has_out_dtype(a.device.type):
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a.float(), b.float())
+
+
+def gram_cublas(features: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """``gram`` as one batched GEMM (cuBLAS on CUDA), float32 accumulation; any layout.
+
+    The fast path for fp16/bf16 features on CUDA; correct on any device (the tests run it on
+    CPU too).  With ``out_dtype`` equal to the input's the scale is applied before the single
+    rounding (``baddbmm``'s alpha); float32 output from half input needs ``out_dtype`` support.
+    """
+    n, c, h, w = features.shape
+    f = features.reshape(n, c, h * w)  # a view for contiguous and channels_last layouts
+    scale = 1.0 / (c * h * w)
+    out_dtype = out_dtype or features.dtype
+    if out_dtype == features.dtype:
+        return torch.baddbmm(f.new_zeros(()), f, f.transpose(1, 2), beta=0.0, alpha=scale)
+    if features.dtype in _HALF and out_dtype == torch.float32 and _has_out_dtype(features.device.type):
+        return torch.bmm(f, f.transpose(1, 2), out_dtype=torch.float32).mul_(scale)
+    f = f.to(out_dtype)
+    return torch.baddbmm(f.new_zeros(()), f, f.transpose(1, 2), beta=0.0, alpha=scale)
+
+
+def pairwise_cublas(x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+    """``pairwise_style_distance`` as one GEMM (cuBLAS on CUDA) plus a float32 epilogue.
+
+    Self-distance (``y=None``): the squared norms are the GEMM's own diagonal (so d_ii is
+    exactly 0 and the norms match the dot products' rounding) and the result is made exactly
+    symmetric from its upper triangle.  Cross-distance: norms in float32 from one extra read.
+    """
+    if y is None:
+        dots = _mm_f32(x, x.T)
+        nx = dots.diagonal().clone()
+        d = (nx[:, None] + nx[None, :]).sub_(dots, alpha=2.0).clamp_min_(0.0)
+        d = torch.triu(d, 1)
+        return d + d.T
+    dots = _mm_f32(x, y.T)
+    nx = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32).square_()
+    ny = torch.linalg.vector_norm(y, dim=1, dtype=torch.float32).square_()
+    return (nx[:, None] + ny[None, :]).sub_(dots, alpha=2.0).clamp_min_(0.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,6 +256,8 @@ def _sym_times_features(S: Tensor, F: Tensor, coef: float) -> Tensor:
 @torch.library.custom_op("fastep::gram", mutates_args=())
 def _gram_op(features: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
     if _use_triton("gram", features):
+        if _use_cublas(features, need_f32_out=(out_dtype or features.dtype) != features.dtype):
+            return gram_cublas(features, out_dtype)
         return _kernels().gram_launch(features, out_dtype=out_dtype)
     return _ref.gram_reference(features, out_dtype=out_dtype)
 
@@ -584,19 +673,26 @@ def _pairwise_plain(x: Tensor, y: Optional[Tensor], block: int) -> Tensor:
 
 
 def _pairwise_triton(x: Tensor, y: Optional[Tensor], block: int) -> Tensor:
-    kg = _kernels()
+    if _use_cublas(x, need_f32_out=True):
+        return _pairwise_blocks(pairwise_cublas, x, y, block)
+    return _pairwise_blocks(_kernels().pairwise_launch, x, y, block)
+
+
+def _pairwise_blocks(launch, x: Tensor, y: Optional[Tensor], block: int) -> Tensor:
+    """``launch(x_rows, y)`` on ``block`` rows of x at a time; the self-distance runs the
+    diagonal blocks as self-distances and mirrors the blocks above them."""
     m = x.shape[0]
     if y is not None:
         if m <= block:
-            return kg.pairwise_launch(x, y)
-        return torch.cat([kg.pairwise_launch(x[r:r + block], y) for r in range(0, m, block)])
+            return launch(x, y)
+        return torch.cat([launch(x[r:r + block], y) for r in range(0, m, block)])
     if m <= block:
-        return kg.pairwise_launch(x, None)
+        return launch(x, None)
     out = torch.empty((m, m), dtype=torch.float32, device=x.device)
     for r in range(0, m, block):
-        out[r:r + block, r:r + block] = kg.pairwise_launch(x[r:r + block], None)
+        out[r:r + block, r:r + block] = launch(x[r:r + block], None)
         if r + block < m:
-            blk = kg.pairwise_launch(x[r:r + block], x[r + block:])
+            blk = launch(x[r:r + block], x[r + block:])
             out[r:r + block, r + block:] = blk
             out[r + block:, r:r + block] = blk.T
     return out
