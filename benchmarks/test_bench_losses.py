@@ -5,8 +5,8 @@
 
 * ``perceptual`` forward + backward (w.r.t. the generated images) of the VGG feature loss.
   baseline: pix2pixHD's ``VGGLoss`` (VGG19 relu1_1..relu5_1 slices, L1, weights 1/32..1,
-  fp32, NCHW, two backbone passes, target detached), written out below with the same random
-  backbone.  ``fastep``: ``PerceptualLoss("pix2pixhd")`` (bf16 autocast + channels_last on
+  fp32, NCHW, two backbone passes, target detached): ``fastep.ops.reference.VGGLossReference``
+  with the same random backbone.  ``fastep``: ``PerceptualLoss("pix2pixhd")`` (bf16 autocast + channels_last on
   CUDA, the target pass under no_grad, one fused reduction launch); ``fastep_fp32``: the same
   with ``amp=False`` (what the fused tail and the layout alone give); ``fastep_joint``: bf16 with
   ONE backbone pass over cat(output, target) (``target_pass="joint"``), to measure the choice
@@ -28,53 +28,10 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
 import fastep.losses as L
-from fastep.nets.vgg import IMAGENET_MEAN, IMAGENET_STD
-from fastep.nets.weights import VGG_CFGS, random_state_dict
-
-SLICES = {"pix2pixhd": ("vgg19", [(0, 2), (2, 7), (7, 12), (12, 21), (21, 30)], nn.L1Loss),
-          "vgg16": ("vgg16", [(0, 4), (4, 9), (9, 14), (14, 21), (21, 28)], nn.MSELoss)}
-
-
-class EagerVGGLoss(nn.Module):
-    """pix2pixHD's VGGLoss (fp32 eager), ImageNet-normalised input, fastep's random weights."""
-
-    def __init__(self, net: str, seed: int = 0):
-        super().__init__()
-        arch, cuts, crit = SLICES[net]
-        layers, cin = [], 3
-        for v in VGG_CFGS[arch]:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=True)]
-                cin = v
-        f = nn.Sequential(*layers)
-        f.load_state_dict({k[9:]: v for k, v in random_state_dict(arch, seed).items()})
-        f.requires_grad_(False)
-        self.slices = nn.ModuleList(nn.Sequential(*[f[i] for i in range(a, b)]) for a, b in cuts)
-        self.criterion = crit()
-        self.weights = [1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0]
-        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        self.register_buffer("a", (0.5 / std).view(1, 3, 1, 1))
-        self.register_buffer("b", ((0.5 - mean) / std).view(1, 3, 1, 1))
-
-    def vgg(self, x):
-        h, out = x * self.a + self.b, []
-        for s in self.slices:
-            h = s(h)
-            out.append(h)
-        return out
-
-    def forward(self, x, y):
-        x_vgg, y_vgg = self.vgg(x), self.vgg(y)
-        loss = 0
-        for i in range(len(x_vgg)):
-            loss += self.weights[i] * self.criterion(x_vgg[i], y_vgg[i].detach())
-        return loss
-
+from fastep.nets.weights import random_state_dict
+from fastep.ops.reference import VGGLossReference
 
 def _perceptual_cases(device):
     if device == "cuda":
@@ -99,7 +56,7 @@ def test_perceptual(fastep_bench, device, case, impl):
     if device != "cuda" and impl in ("fastep", "fastep_joint"):
         pytest.skip("autocast is off on CPU: same as fastep_fp32")
     if impl == "baseline":
-        loss = EagerVGGLoss(net).to(device)
+        loss = VGGLossReference(net).to(device)
     else:
         loss = L.PerceptualLoss(net, backbone_weights="random", amp=False if impl == "fastep_fp32" else "auto",
                                 target_pass="joint" if impl == "fastep_joint" else "auto").to(device)

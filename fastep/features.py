@@ -19,7 +19,7 @@ import torch
 
 from .nets.vgg import VGGFeatures, resolve_layers
 
-__all__ = ["style_features", "get_style_net", "clear_net_cache"]
+__all__ = ["style_features", "get_style_net", "clear_net_cache", "check_images"]
 
 OUTPUTS = ("gram", "vectors")
 
@@ -64,18 +64,26 @@ def get_style_net(layers: Union[str, Sequence[str], None] = None, *, arch: Optio
     return net
 
 
-def _check_images(images) -> None:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor of shape (N, 3, H, W), got {type(images).__name__}")
-    if not images.is_floating_point():
-        raise TypeError(f"images must be a floating-point tensor in [-1, 1], got dtype {images.dtype} "
-                        f"(convert uint8 images with x.float() / 127.5 - 1)")
-    if images.dim() != 4:
-        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)} (rank {images.dim()})")
-    if images.shape[1] != 3:
-        raise ValueError(f"images must have 3 (RGB) channels in dim 1, got shape {tuple(images.shape)}")
-    if images.shape[0] == 0:
-        raise ValueError("images is an empty batch (N = 0)")
+def check_images(x, name: str = "images", like: Optional[torch.Tensor] = None, like_name: str = "") -> None:
+    """Validate an RGB image batch in [-1, 1]: a float (N, 3, H, W) tensor with N > 0, and the
+    same shape and device as ``like`` when given.  Raises TypeError / ValueError naming ``name``
+    (shared by style_features and fastep.losses)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of shape (N, 3, H, W), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point image tensor in [-1, 1], got dtype {x.dtype} "
+                        f"(convert integer images with x.float() / 127.5 - 1)")
+    if x.dim() != 4:
+        raise ValueError(f"{name}: expected shape (N, 3, H, W), got {tuple(x.shape)} (rank {x.dim()})")
+    if x.shape[1] != 3:
+        raise ValueError(f"{name}: expected 3 (RGB) channels in dim 1, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch (N = 0)")
+    if like is not None:
+        if x.shape != like.shape:
+            raise ValueError(f"{name}: shape {tuple(x.shape)} does not match {like_name} {tuple(like.shape)}")
+        if x.device != like.device:
+            raise ValueError(f"{name}: on {x.device}, but {like_name} is on {like.device}")
 
 
 def style_features(images: torch.Tensor, layers: Union[str, Sequence[str], None] = None, *,
@@ -116,7 +124,7 @@ def style_features(images: torch.Tensor, layers: Union[str, Sequence[str], None]
     from .ops import gram as _gram
     from .ops import gram_vectors as _gram_vectors
 
-    _check_images(images)
+    check_images(images, "images")
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):

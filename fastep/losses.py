@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .features import check_images as _check_images
 from .ops.reductions import lpips_distance, weighted_feature_distance
 
 __all__ = [
@@ -45,25 +46,6 @@ PERCEPTUAL_NETS = {"vgg16": ("vgg16", "mse"), "pix2pixhd": ("pix2pixhd", "l1"),
 # ---------------------------------------------------------------------------------------------
 _RANGE_WARNED: Dict[str, bool] = {}
 _RANGE_TOL = 1e-3
-
-
-def _check_images(x, name: str, like: Optional[Tensor] = None, like_name: str = "") -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point image tensor in [-1, 1], got dtype {x.dtype} "
-                        f"(convert integer images with x.float() / 127.5 - 1)")
-    if x.dim() != 4:
-        raise ValueError(f"{name}: expected shape (N, 3, H, W), got {tuple(x.shape)}")
-    if x.shape[1] != 3:
-        raise ValueError(f"{name}: expected 3 (RGB) channels in dim 1, got shape {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name}: empty batch (N = 0)")
-    if like is not None:
-        if x.shape != like.shape:
-            raise ValueError(f"{name}: shape {tuple(x.shape)} does not match {like_name} {tuple(like.shape)}")
-        if x.device != like.device:
-            raise ValueError(f"{name}: on {x.device}, but {like_name} is on {like.device}")
 
 
 def _maybe_warn_range(owner: str, *tensors: Tensor, lo: float = -1.0, hi: float = 1.0) -> None:

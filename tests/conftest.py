@@ -55,6 +55,16 @@ def pytest_runtest_logreport(report):
             f.write(f"{report.longreprtext}\n\n")
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: tiny tensors gain nothing from threads, and their
+    spin-waits contend on shared 2-core CI machines (``pytestmark = usefixtures("one_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything(request):
     seed = (zlib.crc32(request.node.nodeid.encode()) ^ SESSION_SEED) % (2**31)

@@ -1,6 +1,5 @@
 """fastep.losses: PerceptualLoss vs a plain pix2pixHD-style VGGLoss, StyleLoss, GAN losses, R1,
 feature matching, input checks."""
-import contextlib
 import warnings
 
 import pytest
@@ -9,71 +8,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastep.losses as L
-from fastep.nets.vgg import IMAGENET_MEAN, IMAGENET_STD
-from fastep.nets.weights import VGG_CFGS, random_state_dict
+from fastep.ops import reference as R
+from fastep.ops.reference import no_tf32
 
-# module-index slices of torchvision's vgg features (pix2pixHD's Vgg19; StEP's conv_i_2 for vgg16)
-SLICES = {"pix2pixhd": ("vgg19", [(0, 2), (2, 7), (7, 12), (12, 21), (21, 30)]),
-          "vgg16": ("vgg16", [(0, 4), (4, 9), (9, 14), (14, 21), (21, 28)])}
 SEED = 7
 
 
-@contextlib.contextmanager
-def _no_tf32():
-    """fp32 comparisons on CUDA: keep cuDNN/cuBLAS from using TF32 (10-bit mantissa)."""
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
-def _tv_features(arch):
-    """torchvision-layout vgg features (make_layers) with fastep's seeded random weights."""
-    layers, cin = [], 3
-    for v in VGG_CFGS[arch]:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=True)]
-            cin = v
-    feats = nn.Sequential(*layers)
-    sd = random_state_dict(arch, SEED)
-    feats.load_state_dict({k[len("features."):]: v for k, v in sd.items()})
-    return feats.requires_grad_(False).eval()
-
-
-class VGGLoss(nn.Module):
-    """pix2pixHD's VGGLoss, verbatim in structure (slices, weights, criterion, detached target),
-    fed ImageNet-normalised images like fastep's VGGFeatures."""
-
-    def __init__(self, net, criterion, normalize=True):
-        super().__init__()
-        self.normalize = normalize
-        arch, cuts = SLICES[net]
-        f = _tv_features(arch)
-        self.slices = nn.ModuleList(nn.Sequential(*[f[i] for i in range(a, b)]) for a, b in cuts)
-        self.criterion = criterion
-        self.weights = [1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0]
-        mean, std = torch.tensor(IMAGENET_MEAN, dtype=torch.float64), torch.tensor(IMAGENET_STD, dtype=torch.float64)
-        self.register_buffer("a", (0.5 / std).float().view(1, 3, 1, 1))
-        self.register_buffer("b", ((0.5 - mean) / std).float().view(1, 3, 1, 1))
-
-    def vgg(self, x):
-        h = x * self.a.to(x.dtype) + self.b.to(x.dtype) if self.normalize else x
-        out = []
-        for s in self.slices:
-            h = s(h)
-            out.append(h)
-        return out
-
-    def forward(self, x, y):
-        x_vgg, y_vgg = self.vgg(x), self.vgg(y)
-        loss = 0
-        for i in range(len(x_vgg)):
-            loss += self.weights[i] * self.criterion(x_vgg[i], y_vgg[i].detach())
-        return loss
+def VGGLoss(net, criterion, normalize=True):
+    """pix2pixHD's VGGLoss with fastep's random backbone for SEED (fastep.ops.reference)."""
+    return R.VGGLossReference(net, criterion, seed=SEED, normalize=normalize)
 
 
 def _close_grad(a, b, tol):
@@ -384,7 +327,7 @@ def test_perceptual_through_triton_backend(triton_device):
     """End to end through the fused op on its Triton backend (CUDA, or CPU interpreter), fp32."""
     from fastep import _ext
 
-    with _ext.force_backend("triton"), _no_tf32():  # CPU ops default to the reference
+    with _ext.force_backend("triton"), no_tf32():  # CPU ops default to the reference
         assert _ext.backend_for("weighted_feature_distance", triton_device) == "triton"
         fast = L.PerceptualLoss("pix2pixhd", backbone_weights="random", seed=SEED, amp=False).to(triton_device)
         plain = VGGLoss("pix2pixhd", nn.L1Loss()).to(triton_device)

@@ -1,5 +1,4 @@
 """fastep.losses.LPIPS against the lpips package (v0.1 heads), same seeded random backbone."""
-import contextlib
 import warnings
 
 import pytest
@@ -8,21 +7,13 @@ import torch
 import fastep.losses as L
 from fastep.nets.alexnet import AlexNetFeatures
 from fastep.nets.weights import random_state_dict
+from fastep.ops.reference import no_tf32
 
 lpips = pytest.importorskip("lpips")
 
 SEED = 11
 
 
-@contextlib.contextmanager
-def _no_tf32():
-    """fp32 comparisons on CUDA: keep cuDNN/cuBLAS from using TF32 (10-bit mantissa)."""
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 ARCH = {"alex": "alexnet", "vgg": "vgg16"}
 SIZE = {"alex": 64, "vgg": 16}
 
@@ -196,7 +187,7 @@ def test_lpips_bad_input(pair, tmp_path):
 
 @pytest.mark.cuda
 def test_lpips_cuda_equals_package(pair):
-    with _no_tf32():
+    with no_tf32():
         _lpips_cuda_equals_package(pair)
 
 
@@ -222,7 +213,7 @@ def test_lpips_through_triton_backend_equals_package(triton_device):
     """End to end through the fused op on its Triton backend (CUDA, or CPU interpreter)."""
     from fastep import _ext
 
-    with _ext.force_backend("triton"), _no_tf32():  # CPU ops default to the reference
+    with _ext.force_backend("triton"), no_tf32():  # CPU ops default to the reference
         assert _ext.backend_for("lpips_distance", triton_device) == "triton"
         fast = L.LPIPS("alex", backbone_weights="random", seed=SEED, channels_last=True).to(triton_device)
         ref = _reference("alex").to(triton_device)

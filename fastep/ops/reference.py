@@ -254,3 +254,88 @@ def cdist_topk_baseline(x, k_near=5, k_far=13, block=1024):
         for lst, v in zip(out, (inn, dn, inf, df)):
             lst.append(v)
     return tuple(_mine_torch.cat(v) for v in out)
+
+
+# ---------------------------------------------------------------------------------------------
+# pix2pixHD's VGGLoss: the eager fp32 definition fastep.losses.PerceptualLoss is tested against
+# (tests/test_losses.py) and the baseline it is benchmarked against (benchmarks/test_bench_losses.py)
+# ---------------------------------------------------------------------------------------------
+import contextlib as _vgg_contextlib  # noqa: E402
+
+from torch import nn as _vgg_nn  # noqa: E402
+
+
+@_vgg_contextlib.contextmanager
+def no_tf32():
+    """Keep cuDNN / cuBLAS float32 convolutions and GEMMs off TF32 (10-bit mantissa) inside the
+    block: float32 references must be float32 when compared on CUDA."""
+    old = _gram_torch.backends.cudnn.allow_tf32, _gram_torch.backends.cuda.matmul.allow_tf32
+    _gram_torch.backends.cudnn.allow_tf32 = _gram_torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        _gram_torch.backends.cudnn.allow_tf32, _gram_torch.backends.cuda.matmul.allow_tf32 = old
+
+
+# torchvision vgg `features` module-index slices: pix2pixHD's Vgg19 (relu_i_1, L1) and StEP's
+# VGG16 conv_i_2 (post-ReLU, MSE)
+VGG_LOSS_SLICES = {"pix2pixhd": ("vgg19", ((0, 2), (2, 7), (7, 12), (12, 21), (21, 30)), "l1"),
+                   "vgg16": ("vgg16", ((0, 4), (4, 9), (9, 14), (14, 21), (21, 28)), "mse")}
+
+
+def torchvision_vgg_features(arch: str, seed: int = 0):
+    """torchvision-layout VGG ``features`` (``make_layers``) with fastep's seeded random weights."""
+    from ..nets.weights import VGG_CFGS, random_state_dict
+
+    layers, cin = [], 3
+    for v in VGG_CFGS[arch]:
+        if v == "M":
+            layers.append(_vgg_nn.MaxPool2d(2, 2))
+        else:
+            layers += [_vgg_nn.Conv2d(cin, v, 3, padding=1), _vgg_nn.ReLU(inplace=True)]
+            cin = v
+    feats = _vgg_nn.Sequential(*layers)
+    sd = random_state_dict(arch, seed)
+    feats.load_state_dict({k[len("features."):]: v for k, v in sd.items()})
+    return feats.requires_grad_(False).eval()
+
+
+class VGGLossReference(_vgg_nn.Module):
+    """pix2pixHD's ``VGGLoss``, its structure verbatim (slices, weights 1/32..1, criterion,
+    detached target, two backbone passes, fp32, NCHW), fed ImageNet-normalised images like
+    fastep's VGG features (``normalize=False``: the raw [-1, 1] images, as pix2pixHD does).
+
+    ``net``: "pix2pixhd" (VGG19, L1) or "vgg16" (StEP, MSE); ``criterion`` overrides the
+    distance; the backbone gets fastep's random weights for ``seed``.
+    """
+
+    def __init__(self, net: str = "pix2pixhd", criterion=None, *, seed: int = 0, normalize: bool = True):
+        super().__init__()
+        from ..nets.vgg import IMAGENET_MEAN, IMAGENET_STD
+
+        arch, cuts, dist = VGG_LOSS_SLICES[net]
+        f = torchvision_vgg_features(arch, seed)
+        self.slices = _vgg_nn.ModuleList(_vgg_nn.Sequential(*[f[i] for i in range(a, b)]) for a, b in cuts)
+        self.criterion = criterion if criterion is not None else (
+            _vgg_nn.L1Loss() if dist == "l1" else _vgg_nn.MSELoss())
+        self.normalize = normalize
+        self.weights = [1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0]
+        mean = _gram_torch.tensor(IMAGENET_MEAN, dtype=_gram_torch.float64)
+        std = _gram_torch.tensor(IMAGENET_STD, dtype=_gram_torch.float64)
+        self.register_buffer("a", (0.5 / std).float().view(1, 3, 1, 1))
+        self.register_buffer("b", ((0.5 - mean) / std).float().view(1, 3, 1, 1))
+
+    def vgg(self, x):
+        h = x * self.a.to(x.dtype) + self.b.to(x.dtype) if self.normalize else x
+        out = []
+        for s in self.slices:
+            h = s(h)
+            out.append(h)
+        return out
+
+    def forward(self, x, y):
+        x_vgg, y_vgg = self.vgg(x), self.vgg(y)
+        loss = 0
+        for i in range(len(x_vgg)):
+            loss += self.weights[i] * self.criterion(x_vgg[i], y_vgg[i].detach())
+        return loss

@@ -11,13 +11,7 @@ from fastep.data import BuiltinStyles, PairedImageDataset, make_builtin_dataset,
 from fastep.data import builtin as B
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # these tests are tiny; intra-op threads only add spin-wait contention on shared 2-core CI boxes
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tests: see tests/conftest.py
 
 
 def _digest(root):

@@ -11,12 +11,7 @@ from fastep.data import (BadImageWarning, ImageReadError, InfiniteLoader, Paired
                          make_loader)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tests: see tests/conftest.py
 
 
 def _save(path, arr):

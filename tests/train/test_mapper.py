@@ -8,12 +8,7 @@ from fastep.models.mapper import Mapper
 from fastep.train.mapper import MapperConfig, fit_code_stats, match_nearest, sample_codes, train_mapper
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tests: see tests/conftest.py
 
 
 def test_mapper_shapes_and_architecture():

@@ -9,12 +9,7 @@ from fastep.train.stage1 import (Stage1Config, mine_triplets_from_images, resamp
                                  triplet_loss)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tests: see tests/conftest.py
 
 
 class TinyEncoder(nn.Module):

@@ -22,13 +22,7 @@ TABLE = {
 FLAGS = ("dir_recon", "cyc_recon", "d_dir", "d_rand_z", "z_recon", "z_l2", "z_kl", "vae", "pretrained_e")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the CPU test machines are shared: one intra-op thread avoids OpenMP oversubscription stalls
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tests: see tests/conftest.py
 
 
 def _losscfg(name, **kw):
