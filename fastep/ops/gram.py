@@ -129,11 +129,10 @@ def gram_cublas(features: Tensor, out_dtype: Optional[torch.dtype] = None) -> Te
     f = features.reshape(n, c, h * w)  # a view for contiguous and channels_last layouts
     scale = 1.0 / (c * h * w)
     out_dtype = out_dtype or features.dtype
-    if out_dtype == features.dtype:
-        return torch.baddbmm(f.new_zeros(()), f, f.transpose(1, 2), beta=0.0, alpha=scale)
-    if features.dtype in _HALF and out_dtype == torch.float32 and _has_out_dtype(features.device.type):
-        return torch.bmm(f, f.transpose(1, 2), out_dtype=torch.float32).mul_(scale)
-    f = f.to(out_dtype)
+    if out_dtype != features.dtype:
+        if features.dtype in _HALF and out_dtype == torch.float32 and _has_out_dtype(features.device.type):
+            return torch.bmm(f, f.transpose(1, 2), out_dtype=torch.float32).mul_(scale)
+        f = f.to(out_dtype)
     return torch.baddbmm(f.new_zeros(()), f, f.transpose(1, 2), beta=0.0, alpha=scale)
 
 
