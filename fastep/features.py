@@ -17,7 +17,7 @@ from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .nets.vgg import VGGFeatures, resolve_layers
+from .nets.vgg import VGGFeatures, check_images, resolve_layers
 
 __all__ = ["style_features", "get_style_net", "clear_net_cache", "check_images"]
 
@@ -62,28 +62,6 @@ def get_style_net(layers: Union[str, Sequence[str], None] = None, *, arch: Optio
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return net
-
-
-def check_images(x, name: str = "images", like: Optional[torch.Tensor] = None, like_name: str = "") -> None:
-    """Validate an RGB image batch in [-1, 1]: a float (N, 3, H, W) tensor with N > 0, and the
-    same shape and device as ``like`` when given.  Raises TypeError / ValueError naming ``name``
-    (shared by style_features and fastep.losses)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of shape (N, 3, H, W), got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point image tensor in [-1, 1], got dtype {x.dtype} "
-                        f"(convert integer images with x.float() / 127.5 - 1)")
-    if x.dim() != 4:
-        raise ValueError(f"{name}: expected shape (N, 3, H, W), got {tuple(x.shape)} (rank {x.dim()})")
-    if x.shape[1] != 3:
-        raise ValueError(f"{name}: expected 3 (RGB) channels in dim 1, got shape {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name}: empty batch (N = 0)")
-    if like is not None:
-        if x.shape != like.shape:
-            raise ValueError(f"{name}: shape {tuple(x.shape)} does not match {like_name} {tuple(like.shape)}")
-        if x.device != like.device:
-            raise ValueError(f"{name}: on {x.device}, but {like_name} is on {like.device}")
 
 
 def style_features(images: torch.Tensor, layers: Union[str, Sequence[str], None] = None, *,

@@ -21,7 +21,7 @@ from torch import nn
 from .weights import VGG_CFGS, resolve_state_dict
 
 __all__ = ["VGGFeatures", "LAYER_PRESETS", "IMAGENET_MEAN", "IMAGENET_STD", "INPUT_RANGES",
-           "vgg_layer_names", "resolve_layers"]
+           "vgg_layer_names", "resolve_layers", "check_images"]
 
 # preset -> (arch, layer names in network order)
 LAYER_PRESETS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
@@ -106,6 +106,30 @@ def resolve_layers(layers: Union[str, Sequence[str]], arch: Optional[str] = None
     if len(set(names)) != len(names):
         raise ValueError(f"layers: duplicate layer names in {list(names)}")
     return arch, names
+
+
+def check_images(x, name: str = "images", like: Optional[torch.Tensor] = None, like_name: str = "",
+                 value_range: str = "[-1, 1]") -> None:
+    """Validate an RGB image batch: a floating-point (N, 3, H, W) tensor with N > 0 (values
+    expected in ``value_range``), with the same shape and device as ``like`` when given.
+    Raises TypeError / ValueError naming ``name``.  The one image check of fastep's feature
+    extractors, ``fastep.features`` and ``fastep.losses``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of shape (N, 3, H, W), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point image tensor in {value_range}, got dtype {x.dtype} "
+                        f"(convert integer images with x.float() / 127.5 - 1)")
+    if x.dim() != 4:
+        raise ValueError(f"{name}: expected shape (N, 3, H, W), got {tuple(x.shape)} (rank {x.dim()})")
+    if x.shape[1] != 3:
+        raise ValueError(f"{name}: expected 3 (RGB) channels in dim 1, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch (N = 0)")
+    if like is not None:
+        if x.shape != like.shape:
+            raise ValueError(f"{name}: shape {tuple(x.shape)} does not match {like_name} {tuple(like.shape)}")
+        if x.device != like.device:
+            raise ValueError(f"{name}: on {x.device}, but {like_name} is on {like.device}")
 
 
 class VGGFeatures(nn.Module):
@@ -212,19 +236,9 @@ class VGGFeatures(nn.Module):
         return f"arch={self.arch!r}, layers={list(self.layers)}, input_range={self.input_range!r}"
 
     def check_images(self, images, name: str = "images") -> None:
-        """Validate an image batch; raises TypeError / ValueError naming ``name``."""
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
-        if not images.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor (values in {self.input_range}); got "
-                            f"dtype {images.dtype} (convert uint8 images with x.float() / 127.5 - 1)")
-        if images.dim() != 4:
-            raise ValueError(f"{name} must have shape (N, 3, H, W), got {tuple(images.shape)} "
-                             f"(rank {images.dim()})")
-        if images.shape[1] != 3:
-            raise ValueError(f"{name} must have 3 (RGB) channels in dim 1, got shape {tuple(images.shape)}")
-        if images.shape[0] == 0:
-            raise ValueError(f"{name} is an empty batch (N = 0)")
+        """Validate an image batch (:func:`check_images`, values in ``input_range``) and its
+        size for the requested layers; raises TypeError / ValueError naming ``name``."""
+        check_images(images, name, value_range=self.input_range)
         if min(images.shape[2], images.shape[3]) < self.min_size:
             raise ValueError(f"{name}: height and width must be >= {self.min_size} for layers "
                              f"{list(self.layers)}, got {tuple(images.shape[2:])}")
