@@ -7,12 +7,7 @@ import torch
 from fastep.cli import build_parser, main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tests: see tests/conftest.py
 
 
 def _opts(*argv):

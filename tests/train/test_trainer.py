@@ -10,14 +10,7 @@ from fastep.data.loader import ResumableSampler, make_loader
 from fastep.train.trainer import NonFiniteLossError, Trainer, lr_scale_at
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The CI box has 2 cores shared by several jobs: one intra-op thread avoids OpenMP thrashing
-    # (tiny ops are 10-20x slower with 2 spinning threads on a loaded machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tests: see tests/conftest.py
 
 
 def _trainer(step, out, **kw):
