@@ -39,7 +39,7 @@ from .. import _ext
 from . import reference as _ref
 
 __all__ = ["gram", "style_loss", "style_distance", "gram_vectors", "gram_vector_dim",
-           "pairwise_style_distance", "gram_cublas", "pairwise_cublas"]
+           "pairwise_style_distance"]
 
 _ext.register_op("gram", cuda=("triton",), cpu=("reference",),
                  doc="F F^T / (C H W); Triton: upper-triangle tiles, split-K, fp32 accumulation; "
@@ -118,7 +118,7 @@ def _mm_f32(a: Tensor, b: Tensor) -> Tensor:
     return torch.mm(a.float(), b.float())
 
 
-def gram_cublas(features: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
+def _gram_cublas(features: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
     """``gram`` as one batched GEMM (cuBLAS on CUDA), float32 accumulation; any layout.
 
     The fast path for fp16/bf16 features on CUDA; correct on any device (the tests run it on
@@ -136,7 +136,7 @@ def gram_cublas(features: Tensor, out_dtype: Optional[torch.dtype] = None) -> Te
     return torch.baddbmm(f.new_zeros(()), f, f.transpose(1, 2), beta=0.0, alpha=scale)
 
 
-def pairwise_cublas(x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+def _pairwise_cublas(x: Tensor, y: Optional[Tensor] = None) -> Tensor:
     """``pairwise_style_distance`` as one GEMM (cuBLAS on CUDA) plus a float32 epilogue.
 
     Self-distance (``y=None``): the squared norms are the GEMM's own diagonal (so d_ii is
@@ -256,7 +256,7 @@ def _sym_times_features(S: Tensor, F: Tensor, coef: float) -> Tensor:
 def _gram_op(features: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
     if _use_triton("gram", features):
         if _use_cublas(features, need_f32_out=(out_dtype or features.dtype) != features.dtype):
-            return gram_cublas(features, out_dtype)
+            return _gram_cublas(features, out_dtype)
         return _kernels().gram_launch(features, out_dtype=out_dtype)
     return _ref.gram_reference(features, out_dtype=out_dtype)
 
@@ -673,7 +673,7 @@ def _pairwise_plain(x: Tensor, y: Optional[Tensor], block: int) -> Tensor:
 
 def _pairwise_triton(x: Tensor, y: Optional[Tensor], block: int) -> Tensor:
     if _use_cublas(x, need_f32_out=True):
-        return _pairwise_blocks(pairwise_cublas, x, y, block)
+        return _pairwise_blocks(_pairwise_cublas, x, y, block)
     return _pairwise_blocks(_kernels().pairwise_launch, x, y, block)
 
 

@@ -136,10 +136,10 @@ def test_gram_cublas_route(device, dtype, layout):
         f = make_features(shape, dtype, device, layout)
         f64 = f.double()
         k = shape[2] * shape[3]
-        g = G.gram_cublas(f)
+        g = G._gram_cublas(f)
         assert g.dtype == dtype and g.shape == (shape[0], shape[1], shape[1])
         assert_elementwise(g, R.gram_reference(f64), gram_mag(f64), k, dtype)
-        g32 = G.gram_cublas(f, torch.float32)
+        g32 = G._gram_cublas(f, torch.float32)
         assert g32.dtype == torch.float32
         assert_elementwise(g32, R.gram_reference(f64), gram_mag(f64), k, torch.float32)
 
@@ -151,11 +151,11 @@ def test_pairwise_cublas_route(device, dtype):
     x = torch.randn(m, d, device=device).to(dtype)
     y = torch.randn(n, d, device=device).to(dtype)
     y[0] = x[2]
-    out = G.pairwise_cublas(x, y)
+    out = G._pairwise_cublas(x, y)
     assert out.shape == (m, n) and out.dtype == torch.float32 and (out >= 0).all()
     assert ((out.double() - R.pairwise_style_distance_direct(x, y)).abs() <= _pairwise_bound(x, y)).all()
     ds = R.pairwise_style_distance_direct(x)
-    for s in (G.pairwise_cublas(x), G._pairwise_blocks(G.pairwise_cublas, x, None, 5)):
+    for s in (G._pairwise_cublas(x), G._pairwise_blocks(G._pairwise_cublas, x, None, 5)):
         assert (s.diagonal() == 0).all() and torch.equal(s, s.T)
         assert ((s.double() - ds).abs() <= _pairwise_bound(x, None)).all()
 
@@ -166,9 +166,9 @@ def test_half_gemm_routing_cuda(dtype, monkeypatch):
     """Half-precision gram / pairwise on CUDA take the cuBLAS route unless FASTEP_HALF_GEMM=triton."""
     f = make_features((2, 96, 12, 12), dtype, "cuda", "channels_last")
     x = torch.randn(40, 333, device="cuda").to(dtype)
-    assert torch.equal(fastep.gram(f), G.gram_cublas(f))
+    assert torch.equal(fastep.gram(f), G._gram_cublas(f))
     if G._has_out_dtype("cuda"):
-        assert torch.equal(fastep.pairwise_style_distance(x), G.pairwise_cublas(x))
+        assert torch.equal(fastep.pairwise_style_distance(x), G._pairwise_cublas(x))
     monkeypatch.setenv("FASTEP_HALF_GEMM", "triton")
     from fastep.kernels.gram import gram_launch, pairwise_launch
     assert torch.equal(fastep.gram(f), gram_launch(f))
