@@ -26,8 +26,9 @@ if has build; then
 fi
 python3 -m fastep info | tee "$OUT/info.txt"
 if has tests; then
+  # -rA + junit xml: every selected item with its outcome (skips with their reason) in the log
   echo "== tests on the GPU machine (CUDA + Triton-on-CUDA) =="
-  FASTEP_TEST_FAILLOG="$OUT/tests_gpu_failures.log" timeout "${TESTS_TIMEOUT:-400}" python3 -m pytest ${TESTS:-tests} -v -m "cuda or triton" -p no:cacheprovider --timeout=${PER_TEST_TIMEOUT:-90} --durations=15 2>&1 | tee "$OUT/tests_gpu.log" | tail -25
+  FASTEP_TEST_FAILLOG="$OUT/tests_gpu_failures.log" timeout "${TESTS_TIMEOUT:-400}" python3 -m pytest ${TESTS:-tests} -v -rA --junitxml="$OUT/tests_gpu.xml" -m "cuda or triton" -p no:cacheprovider --timeout=${PER_TEST_TIMEOUT:-90} --durations=15 2>&1 | tee "$OUT/tests_gpu.log" | tail -25
 fi
 if has kernels; then
   echo "== kernel benchmarks =="

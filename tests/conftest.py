@@ -10,6 +10,7 @@ Two runs make up the suite (see README / .ci/run):
 """
 import os
 import random
+import re
 import zlib
 
 import pytest
@@ -19,10 +20,30 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 HAS_CUDA = torch.cuda.is_available()
 
 
+def _names_cuda(value):
+    if isinstance(value, torch.device):
+        return value.type == "cuda"
+    return isinstance(value, str) and (value == "cuda" or value.startswith("cuda:"))
+
+
+def _has_cuda_case(item):
+    """True when a parametrised item runs on CUDA (a ``device`` param of "cuda", a torch.device,
+    or "cuda" as a token of its id): such items get the ``cuda`` marker, so that the GPU
+    script's ``-m "cuda or triton"`` selects them and the CPU run reports them as skipped."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return False
+    if any(_names_cuda(v) for v in callspec.params.values()):
+        return True
+    return "cuda" in re.split(r"[-\[\]]", callspec.id)
+
+
 def pytest_collection_modifyitems(config, items):
     skip_triton = pytest.mark.skip(reason="Triton tests need CUDA or TRITON_INTERPRET=1 (interpreter run)")
     skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
+        if "cuda" not in item.keywords and _has_cuda_case(item):
+            item.add_marker(pytest.mark.cuda)
         if "triton" in item.keywords and not (INTERPRET or HAS_CUDA):
             item.add_marker(skip_triton)
         if "cuda" in item.keywords and not HAS_CUDA:
