@@ -5,6 +5,9 @@ nearest and ``k_far`` furthest other vectors under the squared Euclidean distanc
 sets and their order equal a float64 brute force, ties broken by the smaller index), without ever
 materialising the N x N distance matrix:
 
+The three passes are :func:`_statistics_pass`, :func:`_candidate_pass` and
+:func:`_certify_and_rerank` (settings fixed once by :func:`_prepare`):
+
 1. **Statistics pass**: the mean vector mu (float64, rounded once to float32) and per row the
    norms |c_i|_2 and |c_i|_4 of the centred vectors c_i = x_i - mu.  Distances are translation
    invariant; centring shrinks |c| and therefore the rounding error of the GEMM (Gram vectors of
@@ -486,6 +489,73 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
     Returns:
         :class:`Neighbours` with CPU tensors.
     """
+    src, plan = _prepare(vectors, k_near, k_far, device=device, memory_budget=memory_budget,
+                         distance=distance, compute_dtype=compute_dtype, margin=margin, bound=bound,
+                         rerank=rerank, block_rows=block_rows)
+    n = plan.n
+    stage = _Stager()
+    with torch.no_grad():
+        stats = _statistics_pass(src, plan, stage)
+        lists = _empty_lists(plan, plan.device)
+        pairs = _tile_pairs(plan)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(pairs), desc="mining tiles", unit="tile")
+        _candidate_pass(src, plan, stats, pairs, lists, stage, bar.update if bar is not None else None)
+        if bar is not None:
+            bar.close()
+        stats.xall = None
+    eps = _row_bounds(plan, stats, bound, lam)
+    exact = _ExactPairs(src, plan.device, plan.budget)
+    info = _base_info(plan, stats, eps, len(pairs), bound, lam, margin)
+    near, far = _certify_and_rerank([t.cpu() for t in lists], 0, plan, eps, exact, rerank)
+    info.update(fallback_rows_near=near[2], fallback_rows_far=far[2], exact_pairs=exact.count)
+    _warn_fallbacks(near[2] + far[2], n)
+    return Neighbours(near[0], near[1], far[0], far[1], info)
+
+
+# ---- the three passes ------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    """Settings shared by the passes (derived once from the arguments and the data's shape)."""
+
+    n: int
+    dim: int
+    k_near: int
+    k_far: int
+    kn2: int                   # candidates kept per row, nearest end (k_near + margin, <= N - 1)
+    kf2: int                   # furthest end
+    device: torch.device
+    compute_dtype: torch.dtype
+    budget: int
+    src_es: int                # element size of the source vectors
+    ces: int                   # element size of the compute dtype
+    stat_rows: int             # rows per chunk of the statistics pass
+    cpp_stats: bool            # the statistics pass runs the fastep_C loops
+    resident: bool             # the centred vectors are converted once and kept on the device
+    block_rows: int            # B: tile pairs are B x B blocks of rows
+    use_triton: bool           # CUDA distance tiles from the Triton kernel
+    dist_name: str
+
+
+@dataclass
+class _Stats:
+    """Output of the statistics pass."""
+
+    mu32: Tensor               # the mean, rounded once to float32 (on plan.device)
+    sq: Tensor                 # [N] float64 |c_i|^2 (CPU)
+    q4: Tensor                 # [N] float64 |c_i|_4 (CPU)
+    xall: Optional[Tensor]     # resident centred vectors in the compute dtype, else None
+
+    @property
+    def norms(self) -> Tensor:
+        return self.sq.sqrt()
+
+
+def _prepare(vectors, k_near, k_far, *, device, memory_budget, distance, compute_dtype, margin,
+             bound, rerank, block_rows) -> Tuple[_Source, _Plan]:
+    """Validate the arguments and fix every setting of the passes."""
     transform = None
     if callable(distance):
         transform, dist_name = distance, "embedding"
@@ -521,63 +591,16 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
     if budget <= 0:
         raise ValueError(f"memory_budget: must be > 0 bytes, got {memory_budget}")
     dim = src.dim
-    stage = _Stager()
-
-    # ---- 1. statistics: mean, centred norms (and the resident centred copy when it fits) -----
     src_es = torch.empty(0, dtype=src.dtype).element_size()
     ces = torch.empty(0, dtype=compute_dtype).element_size()
     stat_bytes = (1 << 30) if device.type == "cuda" else (16 << 20)  # CPU: no page-fault churn
     stat_rows = max(1, min(n, stat_bytes // max(1, dim * 8), budget // max(1, dim * (src_es + 24))))
-    total = torch.zeros(dim, dtype=torch.float64, device=device)
     cpp_stats = device.type == "cpu" and _ext.has_C() and _ext.backend_for("topk_update", device) == "cpp"
     if cpp_stats:  # bigger chunks: the C++ loops make no temporaries
         stat_rows = max(1, min(n, (256 << 20) // max(1, dim * 4)))
-    for s in range(0, n, stat_rows):
-        x = src.rows(s, min(n, s + stat_rows), device, stage)
-        if cpp_stats and x.dtype == torch.float32:
-            total += torch.ops.fastep_C.colsum64(x)
-        else:
-            total += x.sum(0, dtype=torch.float64)
-        del x
-    mu32 = (total / n).float()
-    mu64 = mu32.double()
     # Resident: the centred vectors in the compute precision fit the budget (with room for
     # tiles); they are converted once and the tiles are views.  Otherwise blocks are streamed.
     resident = n * dim * ces <= 0.6 * budget
-    xall = _empty_rows(n, dim, compute_dtype, device) if resident else None
-    # float32 GEMM inputs: the norms are those of the rounded centred vectors c~ = fl(x - mu)
-    # (what the GEMM multiplies; |c~ - c| <= u|c| is in error_bound's epilogue term); lower
-    # precisions: norms of the exact c = x - mu in float64.
-    norms_of_rounded = compute_dtype == torch.float32
-    sq = torch.empty(n, dtype=torch.float64)
-    q4 = torch.empty(n, dtype=torch.float64)
-    for s in range(0, n, stat_rows):
-        e = min(n, s + stat_rows)
-        x = src.rows(s, e, device, stage)
-        if norms_of_rounded:
-            c = xall[s:e] if resident else torch.empty((e - s, dim), dtype=torch.float32, device=device)
-            if cpp_stats:
-                torch.ops.fastep_C.center_stats_(x.float(), mu32, c, sq[s:e], q4[s:e])
-                del c, x
-                continue
-            torch.sub(x.float(), mu32, out=c)
-        else:
-            c = x.double() - mu64
-            if resident:
-                xall[s:e] = (x.float() - mu32).to(compute_dtype)
-        sq[s:e] = torch.linalg.vector_norm(c, 2, dim=1, dtype=torch.float64).square().cpu()
-        q4[s:e] = torch.linalg.vector_norm(c, 4, dim=1, dtype=torch.float64).cpu()  # |c|_4
-        del c, x
-    norms = sq.sqrt()
-    sq_dev = sq.to(device)
-
-    # ---- 2. candidate pass --------------------------------------------------------------------
-    kn2 = min(n - 1, k_near + margin) if k_near else 0
-    kf2 = min(n - 1, k_far + margin) if k_far else 0
-    near_d = torch.full((n, kn2), math.inf, dtype=torch.float32, device=device)
-    near_i = torch.full((n, kn2), _EMPTY, dtype=torch.int64, device=device)
-    far_d = torch.full((n, kf2), -math.inf, dtype=torch.float32, device=device)
-    far_i = torch.full((n, kf2), _EMPTY, dtype=torch.int64, device=device)
     if block_rows:
         B = int(block_rows)
     elif resident:
@@ -590,10 +613,93 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
     else:
         B = _block_rows(n, dim, ces, src_es, budget, True)
     use_triton = device.type == "cuda" and _ext.backend_for("sqdist_tile", device) == "triton"
+    plan = _Plan(n=n, dim=dim, k_near=k_near, k_far=k_far,
+                 kn2=min(n - 1, k_near + margin) if k_near else 0,
+                 kf2=min(n - 1, k_far + margin) if k_far else 0,
+                 device=device, compute_dtype=compute_dtype, budget=budget, src_es=src_es, ces=ces,
+                 stat_rows=stat_rows, cpp_stats=cpp_stats, resident=resident, block_rows=B,
+                 use_triton=use_triton, dist_name=dist_name)
+    return src, plan
+
+
+def _statistics_pass(src: _Source, plan: _Plan, stage: "_Stager") -> _Stats:
+    """Pass 1: the mean mu (float64 sum, rounded once to float32) and the centred norms
+    |c_i|_2^2, |c_i|_4 of every row (and the resident centred copy when it fits)."""
+    n, dim, device, stat_rows = plan.n, plan.dim, plan.device, plan.stat_rows
+    total = torch.zeros(dim, dtype=torch.float64, device=device)
+    for s in range(0, n, stat_rows):
+        x = src.rows(s, min(n, s + stat_rows), device, stage)
+        if plan.cpp_stats and x.dtype == torch.float32:
+            total += torch.ops.fastep_C.colsum64(x)
+        else:
+            total += x.sum(0, dtype=torch.float64)
+        del x
+    mu32 = (total / n).float()
+    xall = _empty_rows(n, dim, plan.compute_dtype, device) if plan.resident else None
+    sq = torch.empty(n, dtype=torch.float64)
+    q4 = torch.empty(n, dtype=torch.float64)
+    _centred_norms(src, plan, stage, mu32, 0, n, sq, q4, xall)
+    return _Stats(mu32=mu32, sq=sq, q4=q4, xall=xall)
+
+
+def _centred_norms(src: _Source, plan: _Plan, stage: "_Stager", mu32: Tensor, start: int, stop: int,
+                   sq: Tensor, q4: Tensor, xall: Optional[Tensor]) -> None:
+    """|c_i|^2 and |c_i|_4 for rows start..stop (into sq/q4[start:stop]; xall rows if resident)."""
+    dim, device, stat_rows = plan.dim, plan.device, plan.stat_rows
+    mu64 = mu32.double()
+    # float32 GEMM inputs: the norms are those of the rounded centred vectors c~ = fl(x - mu)
+    # (what the GEMM multiplies; |c~ - c| <= u|c| is in error_bound's epilogue term); lower
+    # precisions: norms of the exact c = x - mu in float64.
+    norms_of_rounded = plan.compute_dtype == torch.float32
+    for s in range(start, stop, stat_rows):
+        e = min(stop, s + stat_rows)
+        x = src.rows(s, e, device, stage)
+        if norms_of_rounded:
+            c = xall[s:e] if xall is not None else torch.empty((e - s, dim), dtype=torch.float32, device=device)
+            if plan.cpp_stats:
+                torch.ops.fastep_C.center_stats_(x.float(), mu32, c, sq[s:e], q4[s:e])
+                del c, x
+                continue
+            torch.sub(x.float(), mu32, out=c)
+        else:
+            c = x.double() - mu64
+            if xall is not None:
+                xall[s:e] = (x.float() - mu32).to(plan.compute_dtype)
+        sq[s:e] = torch.linalg.vector_norm(c, 2, dim=1, dtype=torch.float64).square().cpu()
+        q4[s:e] = torch.linalg.vector_norm(c, 4, dim=1, dtype=torch.float64).cpu()  # |c|_4
+        del c, x
+
+
+def _empty_lists(plan: _Plan, device: torch.device) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Empty running candidate lists near_d, near_i, far_d, far_i for all N rows."""
+    n = plan.n
+    return (torch.full((n, plan.kn2), math.inf, dtype=torch.float32, device=device),
+            torch.full((n, plan.kn2), _EMPTY, dtype=torch.int64, device=device),
+            torch.full((n, plan.kf2), -math.inf, dtype=torch.float32, device=device),
+            torch.full((n, plan.kf2), _EMPTY, dtype=torch.int64, device=device))
+
+
+def _tile_pairs(plan: _Plan):
+    """The symmetric tile pairs (row block start I, column block start J >= I), row-major."""
+    starts = list(range(0, plan.n, plan.block_rows))
+    return [(a, b) for ai, a in enumerate(starts) for b in starts[ai:]]
+
+
+def _candidate_pass(src: _Source, plan: _Plan, stats: _Stats, pairs, lists, stage: "_Stager",
+                    on_tile: Optional[Callable[[int], object]] = None) -> None:
+    """Pass 2 (the hot loop): the distance tiles of ``pairs`` merged into the running lists.
+
+    Each tile (I, J > I) feeds the rows of I and, transposed, the rows of J; a tile's values
+    depend only on its two blocks, so any subset of the pairs, merged in any order, gives the
+    same lists as the whole loop restricted to that subset."""
+    n, dim, B, device = plan.n, plan.dim, plan.block_rows, plan.device
+    near_d, near_i, far_d, far_i = lists
+    sq_dev = stats.sq.to(device)
+    mu32, xall, compute_dtype = stats.mu32, stats.xall, plan.compute_dtype
     sub = max(1, (64 << 20) // max(1, dim * 8))
 
     def load_block(s: int, e: int) -> Tensor:
-        if resident:
+        if xall is not None:
             return xall[s:e]
         out = torch.empty((e - s, dim), dtype=compute_dtype, device=device)
         for t in range(s, e, sub):
@@ -602,98 +708,110 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
             out[t - s:u - s] = (x.float() - mu32).to(compute_dtype)
         return out
 
-    starts = list(range(0, n, B))
-    pairs = [(a, b) for ai, a in enumerate(starts) for b in starts[ai:]]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(pairs), desc="mining tiles", unit="tile")
-    with torch.no_grad():
-        cur_i, Xi = None, None
-        for si, sj in pairs:
-            ei, ej = min(n, si + B), min(n, sj + B)
-            if cur_i != si:
-                Xi, cur_i = None, None
-                Xi, cur_i = load_block(si, ei), si
-            Xj = Xi if sj == si else load_block(sj, ej)
-            sym = sj != si
-            if use_triton:
-                from fastep.kernels import mining as _k
-                d, dt = _k.sqdist_tile(Xi, Xj, sq_dev[si:ei].float(), sq_dev[sj:ej].float(),
-                                       write_t=sym, diagonal=not sym)
-                _topk_update_impl(d, None, None, si, sj, near_d, near_i, far_d, far_i, False)
-                if sym:
-                    _topk_update_impl(dt, None, None, sj, si, near_d, near_i, far_d, far_i, False)
-                del d, dt
-            else:
-                dots = _chunked_dots(Xi, Xj, _CPU_SEG_K)
+    cur_i, Xi, Xj = None, None, None
+    for si, sj in pairs:
+        ei, ej = min(n, si + B), min(n, sj + B)
+        if cur_i != si:
+            Xi, cur_i = None, None
+            Xi, cur_i = load_block(si, ei), si
+        Xj = Xi if sj == si else load_block(sj, ej)
+        sym = sj != si
+        if plan.use_triton:
+            from fastep.kernels import mining as _k
+            d, dt = _k.sqdist_tile(Xi, Xj, sq_dev[si:ei].float(), sq_dev[sj:ej].float(),
+                                   write_t=sym, diagonal=not sym)
+            _topk_update_impl(d, None, None, si, sj, near_d, near_i, far_d, far_i, False)
+            if sym:
+                _topk_update_impl(dt, None, None, sj, si, near_d, near_i, far_d, far_i, False)
+            del d, dt
+        else:
+            dots = _chunked_dots(Xi, Xj, _CPU_SEG_K)
+            _topk_update_impl(dots, sq_dev[si:ei], sq_dev[sj:ej], si, sj, near_d, near_i,
+                              far_d, far_i, False)
+            if sym:
                 _topk_update_impl(dots, sq_dev[si:ei], sq_dev[sj:ej], si, sj, near_d, near_i,
-                                  far_d, far_i, False)
-                if sym:
-                    _topk_update_impl(dots, sq_dev[si:ei], sq_dev[sj:ej], si, sj, near_d, near_i,
-                                 far_d, far_i, True)
-                del dots
-            if bar is not None:
-                bar.update(1)
-        del Xi, Xj, xall
-    if bar is not None:
-        bar.close()
+                                  far_d, far_i, True)
+            del dots
+        if on_tile is not None:
+            on_tile(1)
+    del Xi, Xj
 
-    # ---- 3. certification and exact re-ranking ------------------------------------------------
-    if use_triton:
+
+def _acc_len(plan: _Plan) -> int:
+    if plan.use_triton:
         from fastep.kernels import mining as _k
-        acc_len = _k.SEG_K
-    else:
-        acc_len = _CPU_SEG_K
-    eps = error_bound(norms, q4, float(norms.max()), float(q4.max()), dim, compute_dtype,
-                      device.type, bound, lam, acc_len=acc_len)
-    exact = _ExactPairs(src, device, budget)
-    info: Dict[str, object] = dict(n=n, dim=dim, distance=dist_name, compute_dtype=str(compute_dtype),
-                                   device=str(device), block_rows=B, resident=resident, tiles=len(pairs), bound=bound,
-                                   lam=lam, margin=margin, eps_max=float(eps.max()),
-                                   eps_rel_median=float((eps / sq.clamp_min(1e-300)).median()))
-    near = _finish(near_d.cpu(), near_i.cpu(), k_near, eps, exact, n, False, rerank)
-    far = _finish(far_d.cpu(), far_i.cpu(), k_far, eps, exact, n, True, rerank)
-    info.update(fallback_rows_near=near[2], fallback_rows_far=far[2], exact_pairs=exact.count)
-    if near[2] + far[2] > max(10, n // 100):
-        warnings.warn(f"mine_neighbours: {near[2] + far[2]} rows needed an exact fallback over all "
+        return _k.SEG_K
+    return _CPU_SEG_K
+
+
+def _row_bounds(plan: _Plan, stats: _Stats, bound: str, lam: float) -> Tensor:
+    """eps_i: the certified bound on |approx - exact| of every candidate distance of row i."""
+    norms = stats.norms
+    return error_bound(norms, stats.q4, float(norms.max()), float(stats.q4.max()), plan.dim,
+                       plan.compute_dtype, plan.device.type, bound, lam, acc_len=_acc_len(plan))
+
+
+def _base_info(plan: _Plan, stats: _Stats, eps: Tensor, tiles: int, bound: str, lam: float,
+               margin: int) -> Dict[str, object]:
+    return dict(n=plan.n, dim=plan.dim, distance=plan.dist_name, compute_dtype=str(plan.compute_dtype),
+                device=str(plan.device), block_rows=plan.block_rows, resident=plan.resident,
+                tiles=tiles, bound=bound, lam=lam, margin=margin, eps_max=float(eps.max()),
+                eps_rel_median=float((eps / stats.sq.clamp_min(1e-300)).median()))
+
+
+def _certify_and_rerank(lists, row0: int, plan: _Plan, eps: Tensor, exact: "_ExactPairs", rerank: str):
+    """Pass 3: certify the CPU candidate lists of rows row0.. (eps of all rows) and re-rank the
+    ambiguous groups exactly; returns (near, far), each (idx, dist, fallback_rows)."""
+    near_d, near_i, far_d, far_i = lists
+    rows = near_d.shape[0] if plan.kn2 else far_d.shape[0]
+    e = eps[row0:row0 + rows]
+    near = _finish(near_d, near_i, plan.k_near, e, exact, plan.n, False, rerank, row0, rows)
+    far = _finish(far_d, far_i, plan.k_far, e, exact, plan.n, True, rerank, row0, rows)
+    return near, far
+
+
+def _warn_fallbacks(count: int, n: int) -> None:
+    if count > max(10, n // 100):
+        warnings.warn(f"mine_neighbours: {count} rows needed an exact fallback over all "
                       f"N={n} rows (many exact duplicates or a loose bound); raise margin",
-                      RuntimeWarning, stacklevel=2)
-    return Neighbours(near[0], near[1], far[0], far[1], info)
+                      RuntimeWarning, stacklevel=3)
 
 
 def _finish(ad: Tensor, ai: Tensor, k: int, eps: Tensor, exact: _ExactPairs, n: int, far: bool,
-            rerank: str) -> Tuple[Tensor, Tensor, int]:
-    """Certify the candidate lists, re-rank ambiguous groups exactly, fall back where needed."""
+            rerank: str, row0: int = 0, rows: Optional[int] = None) -> Tuple[Tensor, Tensor, int]:
+    """Certify the candidate lists of rows row0..row0+rows, re-rank ambiguous groups exactly,
+    fall back where needed."""
+    rows = n if rows is None else rows
     if k == 0:
-        return torch.empty((n, 0), dtype=torch.int64), torch.empty((n, 0), dtype=torch.float64), 0
+        return torch.empty((rows, 0), dtype=torch.int64), torch.empty((rows, 0), dtype=torch.float64), 0
     K = ad.shape[1]
     a = ad.double()
     tol = (2 * eps)[:, None]
     gaps = (a[:, :-1] - a[:, 1:]) if far else (a[:, 1:] - a[:, :-1])
-    certain = torch.zeros((n, K), dtype=torch.bool)
+    certain = torch.zeros((rows, K), dtype=torch.bool)
     certain[:, :-1] = gaps > tol
     if K == n - 1:
         certain[:, -1] = True  # no non-candidates left
     # a certain boundary after position k-1 or later
     ok = certain[:, k - 1:].any(1)
-    cid = torch.zeros((n, K), dtype=torch.int64)
+    cid = torch.zeros((rows, K), dtype=torch.int64)
     cid[:, 1:] = certain[:, :-1].long().cumsum(1)
-    size = torch.zeros((n, K), dtype=torch.int64).scatter_add_(1, cid, torch.ones_like(cid))
+    size = torch.zeros((rows, K), dtype=torch.int64).scatter_add_(1, cid, torch.ones_like(cid))
     csize = size.gather(1, cid)
     relevant = cid <= cid[:, k - 1:k]
     need = relevant & ok[:, None] & ((csize > 1) if rerank == "ambiguous" else torch.ones_like(relevant))
     value = a.clone()
     r, c = need.nonzero(as_tuple=True)
     if r.numel():
-        value[r, c] = exact(r, ai[r, c])
+        value[r, c] = exact(r + row0, ai[r, c])
     order = _lexsort_rows(cid, value, ai, descending=far)[:, :k]
     out_i = ai.gather(1, order)
     out_d = value.gather(1, order)
     bad = (~ok).nonzero(as_tuple=True)[0]
     for row in bad.tolist():
-        cols = torch.cat([torch.arange(0, row), torch.arange(row + 1, n)])
-        d = exact(torch.full_like(cols, row), cols)
+        g = row + row0
+        cols = torch.cat([torch.arange(0, g), torch.arange(g + 1, n)])
+        d = exact(torch.full_like(cols, g), cols)
         o = _lexsort_rows(torch.zeros((1, n - 1), dtype=torch.int64), d[None], cols[None], far)[0, :k]
         out_i[row] = cols[o]
         out_d[row] = d[o]
