@@ -168,14 +168,10 @@ def test_paper_table_data():
     assert paper.paper_ordering_holds({a: r.s_per_kimg_b8 for a, r in t.items()})
     assert not paper.paper_ordering_holds({**{a: r.s_per_kimg_b8 for a, r in t.items()}, "ours_v3": 200.0})
     # the loss terms agree with the trainer's presets where those exist
-    try:
-        from fastep.train.config import LossConfig
-    except ImportError:
-        LossConfig = None
+    from fastep.train.config import LossConfig
     for a in paper.APPROACHES:
         terms = dict(zip(paper.LOSS_TERMS_COLUMNS, paper.LOSS_TERMS[a]))
-        if LossConfig is not None:
-            assert LossConfig.preset(a).table_row() == {k: bool(v) for k, v in terms.items()}
+        assert LossConfig.preset(a).table_row() == {k: bool(v) for k, v in terms.items()}
     pp = {a: paper.passes_per_step(a) for a in paper.APPROACHES}
     assert pp["ours_v3"] == pp["ours_v4"] and pp["bicycle_v2"] == pp["ours_v1"]
     assert pp["ours_v3"]["G"] < pp["bicycle_v1"]["G"] < pp["bicycle_v2"]["G"]
@@ -275,7 +271,11 @@ def test_quick_cpu_mode_end_to_end(tmp_path):
     assert len(recs) == 8 and all(r["status"] == "ok" for r in recs)
     assert all(r["rounds"] == 2 and r["s_per_kimg"] > 0 for r in recs)
     assert {r["switches"]["eager_fp32"] for r in recs if r["impl"] == "baseline"} == {True}
-    assert rep["ordering_b8"]["holds"] in (True, False) and rep["ordering_b8"]["explanation"]
+    # the verdict follows from the measured times (ours_v3 is FASTEST, bicycle_v2 SLOWEST)
+    t = {r["approach"]: r["fast_s_per_kimg_b8"] for r in rep["rows"]}
+    holds = t["ours_v3"] < t["bicycle_v2"]
+    assert rep["ordering_b8"]["holds"] is holds
+    assert rep["ordering_b8"]["explanation"].startswith("holds:") is holds
     assert rep["targets"]["ours_v3_b8"]["status"] == "n/a"
     assert rep["arithmetic_floor_s_per_kimg"] == pytest.approx(0.38, abs=0.005)
     text = md.read_text()

@@ -70,10 +70,6 @@ def test_cli_smoke_stage3_mapper_resume(tmp_path, one_thread, capsys):
 
 
 def test_cli_all_stages(tmp_path, one_thread, capsys):
-    try:
-        from fastep.ops import mine_neighbours  # noqa: F401
-    except ImportError:
-        pytest.skip("fastep.ops.mine_neighbours not available yet")
     out = tmp_path / "all"
     rc = main(["train", "--out", str(out), "--stage2-kimg", "0.004", "--stage3-kimg", "0.004",
                "--stage1-epochs", "1", "--mapper-epochs", "2", *TINY])

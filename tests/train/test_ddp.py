@@ -60,24 +60,15 @@ def _data(n=4, res=32):
     return torch.rand(n, 3, res, res, generator=g) * 2 - 1, torch.rand(n, 3, res, res, generator=g) * 2 - 1
 
 
-def _has_step():
-    try:
-        import fastep.train.step  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
 def _worker(rank, rdv, root):
     """Everything that needs the process group, in one spawn (starting processes is the slow part)."""
     _init(rank, rdv)
     try:
-        if _has_step():
-            A, B = _data()
-            half = A.shape[0] // WORLD
-            sl = slice(rank * half, (rank + 1) * half)
-            grads = _grads_after_one_step(A[sl].contiguous(), B[sl].contiguous())
-            torch.save(grads, os.path.join(root, f"grads{rank}.pt"))
+        A, B = _data()
+        half = A.shape[0] // WORLD
+        sl = slice(rank * half, (rank + 1) * half)
+        grads = _grads_after_one_step(A[sl].contiguous(), B[sl].contiguous())
+        torch.save(grads, os.path.join(root, f"grads{rank}.pt"))
         _trainer_run(rank, os.path.join(root, "ref"), "full")
         _trainer_run(rank, os.path.join(root, "run"), "interrupt")
         _trainer_run(rank, os.path.join(root, "run"), "resume")
@@ -93,7 +84,6 @@ def ddp_results(tmp_path_factory):
 
 
 def test_ddp_gradients_match_single_process_on_concatenated_batch(ddp_results):
-    pytest.importorskip("fastep.train.step")
     tmp_path = ddp_results
     torch.set_num_threads(1)
     ref = _grads_after_one_step(*_data())

@@ -149,7 +149,6 @@ def _real_step(seed):
 
 
 def test_real_step_resume_bit_identical_and_load_models(tmp_path, one_thread):
-    pytest.importorskip("fastep.train.step")
     import dataclasses
 
     from fastep.train.checkpoint import load_models
