@@ -197,13 +197,13 @@ def test_style_loss_matches_gatys_reference():
     _close_grad(xg.grad, x64.grad, 1e-3)
     # cached target Grams: the same target tensor is not recomputed; precomputed Grams agree
     grams = sl.target_grams
-    sl(x, t)
-    assert sl.target_grams is grams
-    # ... and they are the target's Grams (float64 definition above, layer by layer)
+    # the public target_grams are the target's Grams (float64 definition above, layer by layer)
     for g, b in zip(grams, ft):
         c = b.shape[1]
         gb = b.reshape(1, c, -1) @ b.reshape(1, c, -1).transpose(1, 2) / b[0].numel()
         torch.testing.assert_close(g.double(), gb.detach(), rtol=1e-4, atol=1e-7)
+    sl(x, t)
+    assert sl.target_grams is grams
     sl2 = L.StyleLoss(target_grams=[g[0] for g in grams], net="gatys", backbone_weights="random",
                       seed=SEED, layer_weights=[1, 2, 3, 4, 5])
     torch.testing.assert_close(sl2(x), v.detach(), rtol=1e-5, atol=1e-9)
