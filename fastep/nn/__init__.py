@@ -1,0 +1,1 @@
+"""Building blocks shared by the networks of the zoo (exact conv rewrites: :mod:`fastep.nn.aligned`)."""
