@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import OrderedDict
-from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .nets.cache import clear_shared_modules, shared_module, weights_key
 from .nets.vgg import VGGFeatures, check_images, resolve_layers
 
 __all__ = ["style_features", "get_style_net", "clear_net_cache", "check_images"]
 
 OUTPUTS = ("gram", "vectors")
 
-_CACHE: "OrderedDict[tuple, VGGFeatures]" = OrderedDict()
-_CACHE_SIZE = 4
-
-
 def clear_net_cache() -> None:
     """Forget the VGG networks cached by :func:`style_features` / :func:`get_style_net`."""
-    _CACHE.clear()
+    clear_shared_modules("vgg")
 
 
 def get_style_net(layers: Union[str, Sequence[str], None] = None, *, arch: Optional[str] = None,
@@ -39,29 +34,18 @@ def get_style_net(layers: Union[str, Sequence[str], None] = None, *, arch: Optio
 
     ``layers`` is a preset name (default ``"vgg16"``: StEP's VGG16 relu1_2..relu5_2) or layer
     names; ``weights`` defaults to ``"imagenet"`` (found offline, see :mod:`fastep.nets.weights`;
-    absent weights raise FileNotFoundError, nothing falls back).  Up to four networks built
-    from ``"imagenet"``/``"random"``/path weights are cached; in-memory state dicts are not.
+    absent weights raise FileNotFoundError, nothing falls back).  Networks built from
+    ``"imagenet"``/``"random"``/file weights live in fastep's one backbone cache
+    (:func:`fastep.nets.cache.shared_module`, shared with the functional losses; a rewritten file
+    is read again); in-memory state dicts are not cached.  The returned network is shared:
+    do not convert it in place.
     """
     arch, names = resolve_layers("vgg16" if layers is None else layers, arch)
     weights = "imagenet" if weights is None else weights
-    device = torch.device("cpu" if device is None else device)
-    key = None
-    if isinstance(weights, str) and weights in ("imagenet", "random"):
-        key = (arch, names, weights, seed if weights == "random" else None, str(device), channels_last)
-    elif isinstance(weights, (str, os.PathLike)):
-        p = Path(weights).expanduser()
-        if p.is_file():
-            st = p.stat()
-            key = (arch, names, str(p.resolve()), st.st_mtime_ns, st.st_size, str(device), channels_last)
-    if key is not None and key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    net = VGGFeatures(arch, names, weights=weights, seed=seed, channels_last=channels_last).to(device)
-    if key is not None:
-        _CACHE[key] = net
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return net
+    wkey = weights_key(weights, seed)
+    key = None if wkey is None else (arch, names, wkey, bool(channels_last))
+    return shared_module("vgg", key, device, lambda: VGGFeatures(arch, names, weights=weights, seed=seed,
+                                                                 channels_last=channels_last))
 
 
 def style_features(images: torch.Tensor, layers: Union[str, Sequence[str], None] = None, *,

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .features import check_images as _check_images
+from .nets.cache import shared_module, weights_key
 from .ops.reductions import lpips_distance, weighted_feature_distance
 
 __all__ = [
@@ -119,12 +120,22 @@ class PerceptualLoss(nn.Module):
         channels_last: run the backbone in channels_last (default: on CUDA).
         input_range: of the images, ``"[-1,1]"`` (default) or ``"[0,1]"`` (see VGGFeatures).
 
-    ``forward(output, target)`` returns a 0-d float32 tensor.  The target branch keeps no
-    autograd graph: when only ``output`` requires grad, the backbone runs on the target under
+    ``forward(output, target)`` returns a 0-d float32 tensor (float64 for a ``.double()``
+    module).  The target is detached, as in pix2pixHD's ``VGGLoss``: no gradient reaches it even
+    when it requires grad.  When ``output`` requires grad, the backbone runs on the target under
     ``no_grad`` (half the backward work and saved activations of one pass over the concatenated
-    batch); when neither requires grad, one pass over ``cat(output, target)``; when both do,
-    one pass with gradients for both.  All layers' differences are reduced by one fused kernel
-    (``fastep::weighted_feature_distance``), whose backward writes the features' gradients.
+    batch); otherwise one pass over ``cat(output, target)`` (``target_pass`` forces either).
+    All layers' differences are reduced by one fused kernel (``fastep::weighted_feature_distance``),
+    whose backward writes the features' gradients.
+
+    dtypes: images of any floating dtype (fp32, bf16, fp16, fp64) are cast to the backbone's
+    dtype (float32 unless the module was converted with ``.double()`` / ``.half()``); ``amp``
+    then decides whether the convolutions run under autocast.  Half-precision images therefore
+    give the same loss as the same (rounded) values in fp32.
+
+    Features once, distances many times: :meth:`features` runs the backbone on one batch and
+    :meth:`distance` reduces two feature lists (what a training step with one target and several
+    generated images uses).
     """
 
     def __init__(self, net: str = "vgg16", weights: Sequence[float] = DEFAULT_LAYER_WEIGHTS,
@@ -150,7 +161,7 @@ class PerceptualLoss(nn.Module):
         if len(self.weights) != len(self.vgg.layers):
             raise ValueError(f"weights: expected {len(self.vgg.layers)} layer weights (one per layer "
                              f"{list(self.vgg.layers)}), got {len(self.weights)}")
-        self.net_name, self.distance, self.amp = net, distance, amp
+        self.net_name, self.distance_kind, self.amp = net, distance, amp
         self.p = 1 if distance == "l1" else 2
         self.channels_last = channels_last
         self.target_pass = target_pass
@@ -159,38 +170,59 @@ class PerceptualLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"net={self.net_name!r}, layers={list(self.vgg.layers)}, weights={self.weights}, "
-                f"distance={self.distance!r}, amp={self.amp!r}")
+                f"distance={self.distance_kind!r}, amp={self.amp!r}")
 
-    def _features(self, x: Tensor, amp: Optional[torch.dtype], cl: bool) -> List[Tensor]:
+    def _prepare(self, device: torch.device) -> Tuple[Optional[torch.dtype], bool]:
+        """Move the backbone to ``device`` / channels_last as configured; (autocast dtype, cl)."""
+        amp = _amp_dtype(self.amp, device)
+        cl = (device.type == "cuda") if self.channels_last is None else bool(self.channels_last)
+        if self.vgg._scale.device != device:
+            self.vgg.to(device)
+        if cl and not self.vgg.channels_last:
+            self.vgg.to(memory_format=torch.channels_last)
+            self.vgg.channels_last = True
+        return amp, cl
+
+    def _run(self, x: Tensor, amp: Optional[torch.dtype], cl: bool) -> List[Tensor]:
+        x = x.to(self.vgg.features[0].weight.dtype)  # the module's dtype policy (see class doc)
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(amp, x.device):
             return self.vgg(x)
 
-    def features(self, output: Tensor, target: Tensor) -> Tuple[List[Tensor], List[Tensor]]:
-        """Backbone features (output half, target half) as used by :meth:`forward`."""
-        dev = output.device
-        amp = _amp_dtype(self.amp, dev)
-        cl = (dev.type == "cuda") if self.channels_last is None else bool(self.channels_last)
-        if self.vgg._scale.device != dev:
-            self.vgg.to(dev)
-        if cl and not self.vgg.channels_last:
-            self.vgg.to(memory_format=torch.channels_last)
-            self.vgg.channels_last = True
+    def features(self, x: Tensor) -> List[Tensor]:
+        """Backbone features of one image batch ``x`` (N, 3, H, W), one map per layer, with the
+        module's amp / channels_last / dtype settings.  Differentiable w.r.t. ``x`` when grad
+        mode is on; run it under ``torch.no_grad()`` for a fixed target."""
+        _check_images(x, "x")
+        amp, cl = self._prepare(x.device)
+        return self._run(x, amp, cl)
+
+    def distance(self, feats_x: Sequence[Tensor], feats_y: Sequence[Tensor]) -> Tensor:
+        """The loss between two feature lists from :meth:`features`: sum_l w_l mean|x_l - y_l|^p
+        (one fused reduction; gradients flow into whichever side carries a graph)."""
+        feats_x, feats_y = list(feats_x), list(feats_y)
+        if len(feats_x) != len(self.weights) or len(feats_y) != len(self.weights):
+            raise ValueError(f"feats_x/feats_y: expected {len(self.weights)} feature maps each (layers "
+                             f"{list(self.vgg.layers)}), got {len(feats_x)} and {len(feats_y)}")
+        return weighted_feature_distance(feats_x, feats_y, self.weights, self.p)
+
+    def pair_features(self, output: Tensor, target: Tensor) -> Tuple[List[Tensor], List[Tensor]]:
+        """Backbone features (output half, detached target half) as used by :meth:`forward`."""
+        amp, cl = self._prepare(output.device)
         n = output.shape[0]
-        grad_on = torch.is_grad_enabled()
-        out_grad = grad_on and output.requires_grad
-        tgt_grad = grad_on and target.requires_grad
+        target = target.detach()
+        out_grad = torch.is_grad_enabled() and output.requires_grad
         mode = self.target_pass
         if mode == "auto":
-            mode = "separate" if (out_grad and not tgt_grad) else "joint"
+            mode = "separate" if out_grad else "joint"
         if mode == "joint":
-            tgt = target if tgt_grad else target.detach()
-            feats = self._features(torch.cat([output, tgt.to(output.dtype)]), amp, cl)
+            dt = self.vgg.features[0].weight.dtype
+            feats = self._run(torch.cat([output.to(dt), target.to(dt)]), amp, cl)
             return [f[:n] for f in feats], [f[n:] for f in feats]
-        fo = self._features(output, amp, cl)
+        fo = self._run(output, amp, cl)
         with torch.no_grad():
-            ft = self._features(target.detach(), amp, cl)
+            ft = self._run(target, amp, cl)
         return fo, ft
 
     def forward(self, output: Tensor, target: Tensor) -> Tensor:
@@ -198,34 +230,24 @@ class PerceptualLoss(nn.Module):
         _check_images(output, "output")
         _check_images(target, "target", like=output, like_name="output")
         self._range(output, target, lo=self._lo)
-        fo, ft = self.features(output, target)
+        fo, ft = self.pair_features(output, target)
         return weighted_feature_distance(fo, ft, self.weights, self.p)
-
-
-_MODULE_CACHE: Dict[tuple, nn.Module] = {}
-
-
-def _cached(kind, key, device, factory):
-    k = (kind, key, str(device))
-    mod = _MODULE_CACHE.get(k)
-    if mod is None:
-        mod = factory().to(device)
-        _MODULE_CACHE[k] = mod
-    return mod
 
 
 def perceptual_loss(output: Tensor, target: Tensor, net: str = "vgg16",
                     weights: Sequence[float] = DEFAULT_LAYER_WEIGHTS, distance: Optional[str] = None,
                     backbone_weights: Union[str, os.PathLike] = "imagenet", *, seed: int = 0,
                     amp="auto") -> Tensor:
-    """Functional :class:`PerceptualLoss` (the backbone is built once per config and device)."""
+    """Functional :class:`PerceptualLoss` (the module is built once per config and device and
+    kept in fastep's backbone cache, :func:`fastep.nets.cache.shared_module`)."""
     if not isinstance(backbone_weights, (str, os.PathLike)):
         raise TypeError("backbone_weights: the functional form takes 'imagenet', 'random' or a path; "
                         "build a PerceptualLoss module for a state dict")
     _check_images(output, "output")
-    key = (net, tuple(float(w) for w in weights), distance, str(backbone_weights), seed, str(amp))
-    mod = _cached("perceptual", key, output.device,
-                  lambda: PerceptualLoss(net, weights, distance, backbone_weights, seed=seed, amp=amp))
+    wkey = weights_key(backbone_weights, seed)
+    key = None if wkey is None else (net, tuple(float(w) for w in weights), distance, wkey, str(amp))
+    mod = shared_module("perceptual", key, output.device,
+                        lambda: PerceptualLoss(net, weights, distance, backbone_weights, seed=seed, amp=amp))
     return mod(output, target)
 
 
@@ -236,17 +258,20 @@ class StyleLoss(nn.Module):
     """Gatys' style loss sum_l w_l * mean((G_l(x) - G_l(target))^2) on fastep's fused Gram ops.
 
     Args:
-        target: optional target image(s) (N_t, 3, H, W) in [-1, 1]; their Grams are computed
-            once and cached (also settable later with :meth:`set_target`).
+        target: optional fixed target image(s) (N_t, 3, H, W) in [-1, 1]; their Grams are
+            computed once and kept (also settable later with :meth:`set_target`).
         target_grams: optional precomputed target Grams, one (C_l, C_l) or (N, C_l, C_l) per layer.
         net: VGG layer preset: ``"gatys"`` (VGG19 relu1_1 .. relu5_1, default) or ``"vgg16"``
             (StEP's VGG16 relu_i_2), or a list of VGG16 layer names.
         layer_weights: per-layer weights (default all 1).
         backbone_weights, seed, amp: as in :class:`PerceptualLoss`.
 
-    ``forward(x, target=None)``: with ``target`` given, its Grams are computed (under no_grad,
-    cached while the same unmodified tensor is passed again); otherwise the cached target is used.
-    A single target image (or (C, C) Grams) broadcasts over the batch.
+    ``forward(x, target=None)``: a ``target`` given in the call is the target of that call: its
+    Grams are computed (under no_grad, no gradient reaches it) for this call only and nothing is
+    cached.  Without ``target`` the fixed target (constructor, :meth:`set_target`,
+    :meth:`set_target_grams`) is used.  A single target image (or (C, C) Grams) broadcasts over
+    the batch.  For a target reused across calls, set it once: recomputing its Grams every call
+    is a second backbone pass.
     """
 
     def __init__(self, target: Optional[Tensor] = None, *, target_grams: Optional[Sequence[Tensor]] = None,
@@ -263,7 +288,6 @@ class StyleLoss(nn.Module):
         self.amp = amp
         _amp_dtype(amp, torch.device("cpu"))
         self._grams: Optional[List[Tensor]] = None
-        self._key = None
         self._range = _RangeCheck("StyleLoss")
         if target is not None and target_grams is not None:
             raise ValueError("target/target_grams: give one of them, not both")
@@ -278,19 +302,18 @@ class StyleLoss(nn.Module):
         with _autocast(_amp_dtype(self.amp, x.device), x.device):
             return self.vgg(x)
 
-    @staticmethod
-    def _target_key(t: Tensor):
-        return (t.data_ptr(), t._version, tuple(t.shape), t.dtype, str(t.device))
-
-    def set_target(self, target: Tensor) -> "StyleLoss":
-        """Compute and cache the Grams of ``target`` images (no graph kept)."""
+    def _target_grams_of(self, target: Tensor) -> List[Tensor]:
         from .ops import gram
 
         _check_images(target, "target")
         self._range(target)
         with torch.no_grad():
-            self._grams = [gram(f).float() for f in self._feats(target.detach())]
-        self._key = self._target_key(target)
+            return [gram(f).float() for f in self._feats(target.detach())]
+
+    def set_target(self, target: Tensor) -> "StyleLoss":
+        """Compute and keep the Grams of the fixed ``target`` images (no graph kept); later
+        in-place changes to ``target`` do not affect them (call again to update)."""
+        self._grams = self._target_grams_of(target)
         return self
 
     def set_target_grams(self, grams: Sequence[Tensor]) -> "StyleLoss":
@@ -303,11 +326,11 @@ class StyleLoss(nn.Module):
                 raise ValueError(f"target_grams[{i}]: expected ({c}, {c}) or (N, {c}, {c}), got "
                                  f"{getattr(g, 'shape', type(g).__name__)}")
         self._grams = [g.detach() for g in grams]
-        self._key = None
         return self
 
     @property
     def target_grams(self) -> Optional[List[Tensor]]:
+        """The fixed target's Grams (None when no fixed target is set)."""
         return self._grams
 
     def forward(self, x: Tensor, target: Optional[Tensor] = None) -> Tensor:
@@ -315,12 +338,14 @@ class StyleLoss(nn.Module):
 
         _check_images(x, "x")
         self._range(x)
-        if target is not None and (self._key is None or self._key != self._target_key(target)):
-            self.set_target(target)
-        if self._grams is None:
+        if target is not None:
+            target_grams = self._target_grams_of(target)
+        elif self._grams is not None:
+            target_grams = self._grams
+        else:
             raise ValueError("target: no target given (pass target=..., or set_target / target_grams first)")
         grams = []
-        for g in self._grams:
+        for g in target_grams:
             g = g.to(x.device)
             if g.dim() == 3 and g.shape[0] == 1:
                 g = g[0]
@@ -533,10 +558,17 @@ class LPIPS(nn.Module):
             uses bf16 on CUDA for speed).
         channels_last: backbone in channels_last (default: on CUDA).
 
-    ``forward(in0, in1, normalize=False)`` returns ``(N, 1, 1, 1)`` like ``lpips.LPIPS``; inputs
-    in [-1, 1] (or [0, 1] with ``normalize=True``).  Differentiable w.r.t. both inputs.
-    The backbone runs once over ``cat(in0, in1)`` unless exactly one input requires grad (then
-    the other one runs under no_grad).
+    ``forward(in0, in1, retPerLayer=False, normalize=False)`` is ``lpips.LPIPS.forward``: the
+    same positional order, ``(N, 1, 1, 1)`` distances, or ``(total, [per layer (N, 1, 1, 1)])``
+    with ``retPerLayer=True``; inputs in [-1, 1] (or [0, 1] with ``normalize=True``).  As in
+    lpips, an input with batch 1 broadcasts against the other's batch N (one image against
+    many).  Differentiable w.r.t. both inputs.  The backbone runs once over ``cat(in0, in1)``
+    unless exactly one input requires grad (then the other one runs under no_grad).
+
+    dtypes: inputs of any floating dtype (bf16, fp16, fp32, fp64) are cast to the module's dtype
+    (float32 unless converted with ``.double()`` / ``.half()``), as lpips' float32 scaling layer
+    does; ``amp`` then decides whether the backbone runs under autocast.  The result has the
+    module's dtype (float32 by default) whatever the input dtype.
     """
 
     def __init__(self, net: str = "alex", version: str = "0.1", lin_path: Optional[str] = None,
@@ -584,16 +616,23 @@ class LPIPS(nn.Module):
         return f"net={self.net_name!r}, version={self.version!r}, amp={self.amp!r}"
 
     def _backbone(self, x: Tensor, amp, cl) -> List[Tensor]:
+        x = x.to(self.shift.dtype)  # the module's dtype policy (see class doc)
         if self.version == "0.1":
-            x = (x - self.shift.to(x.dtype)) / self.scale.to(x.dtype)
+            x = (x - self.shift) / self.scale
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(amp, x.device):
             return self.net(x)
 
-    def forward(self, in0: Tensor, in1: Tensor, normalize: bool = False, retPerLayer: bool = False):
+    def forward(self, in0: Tensor, in1: Tensor, retPerLayer: bool = False, normalize: bool = False):
+        """LPIPS distance between ``in0`` and ``in1`` (see the class doc); lpips' signature."""
         _check_images(in0, "in0")
-        _check_images(in1, "in1", like=in0, like_name="in0")
+        _check_images(in1, "in1")
+        if in1.shape[1:] != in0.shape[1:] or (in0.shape[0] != in1.shape[0] and 1 not in (in0.shape[0], in1.shape[0])):
+            raise ValueError(f"in1: shape {tuple(in1.shape)} does not match in0 {tuple(in0.shape)} "
+                             f"(equal shapes, or one batch of 1 against N)")
+        if in1.device != in0.device:
+            raise ValueError(f"in1: on {in1.device}, but in0 is on {in0.device}")
         min_size = 31 if self.net_name == "alex" else 16
         if min(in0.shape[-2:]) < min_size:
             raise ValueError(f"in0: LPIPS({self.net_name!r}) needs images of at least {min_size} x {min_size} "
@@ -613,15 +652,21 @@ class LPIPS(nn.Module):
             self.net.channels_last = True
         grad_on = torch.is_grad_enabled()
         g0, g1 = grad_on and in0.requires_grad, grad_on and in1.requires_grad
-        n = in0.shape[0]
-        if g0 == g1:
-            feats = self._backbone(torch.cat([in0, in1.to(in0.dtype)]), amp, cl)
+        n0, n1 = in0.shape[0], in1.shape[0]
+        n = max(n0, n1)
+        if g0 == g1 and n0 == n1:
+            dt = self.shift.dtype
+            feats = self._backbone(torch.cat([in0.to(dt), in1.to(dt)]), amp, cl)
             f0s, f1s = [f[:n] for f in feats], [f[n:] for f in feats]
         else:
             with torch.set_grad_enabled(g0):
                 f0s = self._backbone(in0, amp, cl)
             with torch.set_grad_enabled(g1):
                 f1s = self._backbone(in1, amp, cl)
+            if n0 != n1:  # one image against many: lpips broadcasts the batch-1 side
+                # dense copies: the fused kernels take dense (contiguous / channels_last) maps
+                f0s = [f if f.shape[0] == n else f.expand(n, *f.shape[1:]).contiguous() for f in f0s]
+                f1s = [f if f.shape[0] == n else f.expand(n, *f.shape[1:]).contiguous() for f in f1s]
         ws = self.lin_weights
         if retPerLayer:
             per = [lpips_distance([a], [b], [w], self.eps).view(n, 1, 1, 1) for a, b, w in zip(f0s, f1s, ws)]
@@ -633,6 +678,8 @@ def lpips(in0: Tensor, in1: Tensor, net: str = "alex", *, normalize: bool = Fals
           backbone_weights: Union[str, os.PathLike] = "imagenet", seed: int = 0, amp=False) -> Tensor:
     """Functional :class:`LPIPS`: per-sample distances (N,) (the module is built once and cached)."""
     _check_images(in0, "in0")
-    key = (net, str(backbone_weights), seed, str(amp))
-    mod = _cached("lpips", key, in0.device, lambda: LPIPS(net, backbone_weights=backbone_weights, seed=seed, amp=amp))
+    wkey = weights_key(backbone_weights, seed)
+    key = None if wkey is None else (net, wkey, str(amp))
+    mod = shared_module("lpips", key, in0.device,
+                        lambda: LPIPS(net, backbone_weights=backbone_weights, seed=seed, amp=amp))
     return mod(in0, in1, normalize=normalize).view(-1)

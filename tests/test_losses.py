@@ -108,30 +108,86 @@ def test_perceptual_target_pass_modes_agree(nets):
     fast.target_pass = "auto"
     torch.testing.assert_close(results["separate"][0], results["joint"][0], rtol=1e-5, atol=1e-7)
     _close_grad(results["separate"][1], results["joint"][1], 1e-4)
-    # target requiring grad gets the opposite-signed gradient path (both in one pass)
+    # a target that requires grad is detached (pix2pixHD's VGGLoss): same output gradient
     xg, yg = x.clone().requires_grad_(), y.clone().requires_grad_()
     fast(xg, yg).backward()
+    assert yg.grad is None
     _close_grad(xg.grad, results["separate"][1], 1e-4)
-    # its value: d/dy of sum_i w_i * mse(f_i(x), f_i(y)) in float64 (the target not detached)
-    plain64 = plain.double()
-    try:
-        y64 = y.double().requires_grad_()
-        sum(w * F.mse_loss(a, b) for w, a, b in zip(plain64.weights, plain64.vgg(x.double()),
-                                                       plain64.vgg(y64))).backward()
-    finally:
-        plain.float()
-    _close_grad(yg.grad, y64.grad, 1e-4)
     # no grad at all: one joint pass, same value
     with torch.no_grad():
         torch.testing.assert_close(fast(x, y), results["separate"][0], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("mode", ["auto", "separate", "joint"])
+def test_perceptual_detaches_target_like_vggloss(nets, mode):
+    """pix2pixHD's VGGLoss detaches the target: no gradient reaches a target requiring grad."""
+    fast, plain = nets("pix2pixhd", "l1")
+    x, y = _images(), _images()
+    fast.target_pass = mode
+    try:
+        x1, y1 = x.clone().requires_grad_(), y.clone().requires_grad_()
+        v = fast(x1, y1)
+        v.backward()
+    finally:
+        fast.target_pass = "auto"
+    x2, y2 = x.clone().requires_grad_(), y.clone().requires_grad_()
+    v_ref = plain(x2, y2)
+    v_ref.backward()
+    assert y2.grad is None  # the peer: nothing reaches its target
+    assert y1.grad is None
+    torch.testing.assert_close(v, v_ref, rtol=2e-5, atol=1e-7)
+    _close_grad(x1.grad, x2.grad, 2e-2)
+    # the target alone requiring grad: a constant of the loss, so no graph at all
+    y3 = y.clone().requires_grad_()
+    assert not fast(x, y3).requires_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_perceptual_half_precision_input(nets, dtype):
+    """Half-precision images are cast to the backbone's float32: the loss (and gradient) equals
+    the one of the same rounded values in float32, and pix2pixHD's VGGLoss on them."""
+    fast, plain = nets("pix2pixhd", "l1")
+    x, y = _images().to(dtype), _images().to(dtype)
+    xh = x.clone().requires_grad_()
+    v = fast(xh, y)
+    v.backward()
+    assert v.dtype == torch.float32 and xh.grad.dtype == dtype
+    x32 = x.float().requires_grad_()
+    v32 = fast(x32, y.float())
+    v32.backward()
+    torch.testing.assert_close(v, v32, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(xh.grad, x32.grad.to(dtype))
+    torch.testing.assert_close(v, plain(x.float(), y.float()), rtol=2e-5, atol=1e-7)
+    with torch.no_grad():  # the joint pass over cat(output, target), mixed dtypes
+        torch.testing.assert_close(fast(x, y.float()), v32.detach(), rtol=1e-6, atol=1e-8)
+
+
+def test_perceptual_features_once_distance_many(nets):
+    fast, _ = nets("vgg16", "mse")
+    x1, x2, y = _images(), _images(), _images()
+    with torch.no_grad():
+        fy = fast.features(y)
+    assert [f.shape[1] for f in fy] == fast.vgg.channels and not any(f.requires_grad for f in fy)
+    for x in (x1, x2):
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        d = fast.distance(fast.features(xa), fy)
+        d.backward()
+        v = fast(xb, y)
+        v.backward()
+        torch.testing.assert_close(d, v, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="feats_x"):
+        fast.distance(fy[:2], fy[:2])
+    with pytest.raises(ValueError, match="x"):
+        fast.features(y[:, :1])
+
+
 def test_perceptual_functional_and_defaults():
     x, y = _images(), _images()
     m = L.PerceptualLoss("vgg16", backbone_weights="random", seed=SEED)
-    assert m.distance == "mse" and m.weights == list(L.DEFAULT_LAYER_WEIGHTS)
+    assert m.distance_kind == "mse" and m.weights == list(L.DEFAULT_LAYER_WEIGHTS)
     assert list(m.vgg.layers) == ["relu1_2", "relu2_2", "relu3_2", "relu4_2", "relu5_2"]
-    assert L.PerceptualLoss("pix2pixhd", backbone_weights="random").distance == "l1"
+    assert L.PerceptualLoss("pix2pixhd", backbone_weights="random").distance_kind == "l1"
     v = L.perceptual_loss(x, y, "vgg16", backbone_weights="random", seed=SEED)
     torch.testing.assert_close(v, m(x, y))
     assert float(m(x, x)) == 0.0
@@ -195,20 +251,90 @@ def test_style_loss_matches_gatys_reference():
         sl.vgg.float()
     torch.testing.assert_close(v.double(), exp.detach(), rtol=1e-4, atol=1e-9)
     _close_grad(xg.grad, x64.grad, 1e-3)
-    # cached target Grams: the same target tensor is not recomputed; precomputed Grams agree
+    # a target given in the call is not kept; a fixed target (set_target) and its Grams agree
+    assert sl.target_grams is None
+    sl.set_target(t)
     grams = sl.target_grams
     # the public target_grams are the target's Grams (float64 definition above, layer by layer)
     for g, b in zip(grams, ft):
         c = b.shape[1]
         gb = b.reshape(1, c, -1) @ b.reshape(1, c, -1).transpose(1, 2) / b[0].numel()
         torch.testing.assert_close(g.double(), gb.detach(), rtol=1e-4, atol=1e-7)
-    sl(x, t)
+    torch.testing.assert_close(sl(x), v.detach(), rtol=1e-5, atol=1e-9)
     assert sl.target_grams is grams
     sl2 = L.StyleLoss(target_grams=[g[0] for g in grams], net="gatys", backbone_weights="random",
                       seed=SEED, layer_weights=[1, 2, 3, 4, 5])
     torch.testing.assert_close(sl2(x), v.detach(), rtol=1e-5, atol=1e-9)
     with pytest.raises(ValueError, match="target_grams"):
         L.StyleLoss(target_grams=[torch.zeros(3, 3)], backbone_weights="random")
+
+
+def _style_loss64(vgg, x, t):
+    """Gatys' loss in float64 on ``vgg`` (converted to float64 and back)."""
+    vgg.double()
+    try:
+        exp = 0
+        for a, b in zip(vgg(x.double()), vgg(t.double())):
+            n, c, h, w = a.shape
+            ga = a.reshape(n, c, -1) @ a.reshape(n, c, -1).transpose(1, 2) / (c * h * w)
+            gb = b.reshape(b.shape[0], c, -1) @ b.reshape(b.shape[0], c, -1).transpose(1, 2) / (c * h * w)
+            exp = exp + (ga - gb).square().mean()
+        return exp
+    finally:
+        vgg.float()
+
+
+@pytest.mark.skipif(not _has_gram(), reason="fastep.ops.gram not available yet")
+def test_style_loss_target_in_the_call_is_that_calls_target():
+    """A fresh target per call (``loss(x, target=t); del t``: new tensors often reuse a freed
+    address) and a target refilled through ``.data.copy_()`` (which bumps no version counter)
+    must each give the loss against the target of that call."""
+    sl = L.StyleLoss(net=["relu1_1", "relu2_1"], backbone_weights="random", seed=SEED)
+    x = _images(n=2)
+    steps = 6
+    seen = torch.empty(steps, 1, 3, 16, 16)  # preallocated: the loop allocates only the targets
+    got = torch.empty(steps, dtype=torch.float64)
+    with torch.no_grad():
+        for step in range(steps):
+            r = 0.2 + 0.15 * step  # distinct styles
+            t = torch.empty(1, 3, 16, 16).uniform_(-r, r)  # often lands at the freed address
+            got[step] = sl(x, target=t)
+            seen[step].copy_(t)
+            del t
+        exp = torch.stack([_style_loss64(sl.vgg, x, seen[i]) for i in range(steps)])
+        wrong = int((~torch.isclose(got, exp, rtol=1e-4, atol=1e-12)).sum())
+        t = torch.empty(1, 3, 16, 16)
+        refilled = []
+        for step in range(4):
+            t.data.copy_(_images(n=1) * (0.2 + 0.25 * step))
+            refilled.append((sl(x, t).double(), t.clone()))
+        wrong_refill = sum(not torch.isclose(v, _style_loss64(sl.vgg, x, tt), rtol=1e-4, atol=1e-12)
+                           for v, tt in refilled)
+        assert (wrong, wrong_refill) == (0, 0), \
+            f"answered for an earlier target: {wrong} of {steps} fresh targets, {wrong_refill} of 4 refills"
+        assert sl.target_grams is None  # nothing was cached
+        # a fixed target is kept as it was when set: later in-place changes do not move it
+        fixed = _images(n=1)
+        kept = fixed.clone()
+        sl.set_target(fixed)
+        fixed.data.copy_(_images(n=1))
+        torch.testing.assert_close(sl(x).double(), _style_loss64(sl.vgg, x, kept), rtol=1e-4, atol=1e-12)
+        # a target in the call overrides the fixed one for that call only
+        other = _images(n=1)
+        torch.testing.assert_close(sl(x, other).double(), _style_loss64(sl.vgg, x, other), rtol=1e-4, atol=1e-12)
+        torch.testing.assert_close(sl(x).double(), _style_loss64(sl.vgg, x, kept), rtol=1e-4, atol=1e-12)
+
+
+@pytest.mark.skipif(not _has_gram(), reason="fastep.ops.gram not available yet")
+def test_style_loss_half_precision_and_detached_target():
+    sl = L.StyleLoss(net=["relu1_1", "relu2_1"], backbone_weights="random", seed=SEED)
+    x, t = _images(n=2), _images(n=1)
+    tg = t.clone().requires_grad_()
+    xb = x.bfloat16().requires_grad_()
+    v = sl(xb, tg)
+    v.backward()
+    assert tg.grad is None and xb.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(v.double(), _style_loss64(sl.vgg, xb.detach().float(), t), rtol=1e-4, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,6 +431,45 @@ def test_feature_matching_matches_pix2pixhd(distance):
     torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-8)
     with pytest.raises(ValueError, match="fake_feats"):
         L.feature_matching_loss(real, fake[:2])
+
+
+def test_documented_differences_from_the_originals():
+    """Each row of README's "differences from the originals" table, checked numerically against
+    the originals' formulas written out from their papers / public definitions."""
+    real, fake = _d_outputs("list")
+    k = len(fake)
+    # 1. SPADE's GANLoss averages over discriminator scales; fastep (like pix2pixHD) sums
+    spade_hinge_d = sum(F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real, fake)) / k
+    torch.testing.assert_close(L.hinge_d_loss(real, fake), k * spade_hinge_d)
+    spade_hinge_g = sum(-f.mean() for f in fake) / k
+    torch.testing.assert_close(L.hinge_g_loss(fake), k * spade_hinge_g)
+    # pix2pixHD: 0.5 * (sum over scales of MSE to 1 on real + MSE to 0 on fake): equal
+    p2p_d = 0.5 * (sum(((r - 1) ** 2).mean() for r in real) + sum((f ** 2).mean() for f in fake))
+    torch.testing.assert_close(L.lsgan_d_loss(real, fake), p2p_d)
+    # 2. Gram normalisation: fastep's per-layer term mean((G - A)^2) with G = F F^T / (C H W);
+    # Gatys et al. (2016, eq. 4): E_l = sum((G' - A')^2) / (4 C^2 (H W)^2) with G' = F F^T
+    from fastep.ops import gram
+    f, a = torch.randn(1, 8, 5, 6, dtype=torch.float64), torch.randn(1, 8, 5, 6, dtype=torch.float64)
+    c, m = 8, 30
+    ours = (gram(f) - gram(a)).square().mean()
+    raw = lambda t: t.reshape(c, m) @ t.reshape(c, m).T  # noqa: E731
+    gatys = (raw(f) - raw(a)).square().sum() / (4 * c ** 2 * m ** 2)
+    torch.testing.assert_close(gatys, ours * c ** 2 / 4)
+    # 3. PSNR: fastep averages per-image PSNR; a PSNR over the whole batch's MSE differs
+    from fastep.eval.metrics import psnr
+    x, y = _images(n=2), _images(n=2)
+    y[1] = x[1] + 0.01 * (y[1] - x[1])  # one close pair, one far pair
+    per_image = (10 * torch.log10(4 / (x.double() - y.double()).square().flatten(1).mean(1))).mean()
+    batch = 10 * torch.log10(4 / (x.double() - y.double()).square().mean())
+    torch.testing.assert_close(psnr(x, y), per_image)
+    assert abs(float(per_image - batch)) > 1.0
+    # 4. StEP's official perceptual loss scales activations by 0.1 before the MSE (x 0.01):
+    # PerceptualLoss("vgg16") leaves that factor to the caller (fastep's trainer applies it)
+    m16 = L.PerceptualLoss("vgg16", backbone_weights="random", seed=SEED)
+    xo, yo = _images(), _images()
+    fo, fy = m16.features(xo), m16.features(yo)
+    scaled = sum(w * F.mse_loss(0.1 * p, 0.1 * q) for w, p, q in zip(m16.weights, fo, fy))
+    torch.testing.assert_close(scaled, 0.01 * m16(xo, yo), rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.cuda

@@ -86,6 +86,73 @@ def test_lpips_gradients_equal_package(pair, net):
             assert b1.grad is None
 
 
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_lpips_positional_order_and_per_layer_shape(pair, net):
+    """lpips' signature is forward(in0, in1, retPerLayer=False, normalize=False)."""
+    fast, ref = pair(net)
+    a, b = _images(net)
+    a01, b01 = (a + 1) / 2, (b + 1) / 2
+    with torch.no_grad():
+        got, exp = fast(a, b, True), ref(a, b, True)  # third positional = retPerLayer
+        assert isinstance(got, tuple) and isinstance(exp, tuple) and len(got) == len(exp) == 2
+        torch.testing.assert_close(got[0], exp[0], rtol=1e-5, atol=1e-7)
+        assert len(got[1]) == len(exp[1]) == 5
+        for x, y in zip(got[1], exp[1]):
+            assert x.shape == y.shape == (3, 1, 1, 1)
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(got[0], sum(got[1]), rtol=1e-6, atol=1e-8)
+        # fourth positional = normalize ([0, 1] inputs)
+        torch.testing.assert_close(fast(a01, b01, False, True), ref(a01, b01, False, True), rtol=1e-5, atol=1e-7)
+        v, per = fast(a01, b01, True, True)
+        v_ref, per_ref = ref(a01, b01, True, True)
+        torch.testing.assert_close(v, v_ref, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_lpips_batch_one_broadcasts_like_package(pair, net):
+    fast, ref = pair(net)
+    a, b = _images(net, n=3)
+    one = b[:1]
+    with torch.no_grad():
+        for x, y in ((a, one), (one, a)):
+            got, exp = fast(x, y), ref(x, y)
+            assert got.shape == exp.shape == (3, 1, 1, 1)
+            torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-7)
+        v, per = fast(a, one, retPerLayer=True)
+        v_ref, per_ref = ref(a, one, retPerLayer=True)
+        for x, y in zip(per, per_ref):
+            assert x.shape == y.shape == (3, 1, 1, 1)
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-8)
+    # gradients: into the many (batch 3) and into the one (summed over the batch)
+    go = torch.rand(3, 1, 1, 1)
+    a1, o1 = a.clone().requires_grad_(), one.clone().requires_grad_()
+    a2, o2 = a.clone().requires_grad_(), one.clone().requires_grad_()
+    fast(a1, o1).backward(go)
+    ref(a2, o2).backward(go)
+    for g, h in ((a1.grad, a2.grad), (o1.grad, o2.grad)):
+        assert g.shape == h.shape
+        torch.testing.assert_close(g, h, rtol=1e-3, atol=1e-5 * h.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_lpips_half_precision_input_like_package(pair, net, dtype):
+    """lpips accepts bf16 / fp16 images (its float32 scaling layer upcasts them); so does fastep:
+    inputs are cast to the module's float32, the result is float32, equal to lpips'."""
+    fast, ref = pair(net)
+    a, b = (t.to(dtype) for t in _images(net))
+    with torch.no_grad():
+        got, exp = fast(a, b), ref(a, b)
+        assert got.dtype == exp.dtype == torch.float32
+        torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(fast(a, b.float()), exp, rtol=1e-5, atol=1e-7)  # mixed dtypes
+    a1, a2 = a.clone().requires_grad_(), a.clone().requires_grad_()
+    fast(a1, b).sum().backward()
+    ref(a2, b).sum().backward()
+    assert a1.grad.dtype == a2.grad.dtype == dtype
+    torch.testing.assert_close(a1.grad.float(), a2.grad.float(), rtol=2e-2, atol=2e-2 * a2.grad.float().abs().max().item())
+
+
 def test_lpips_float64_gradient_of_fused_tail(pair):
     fast, _ = pair("alex")
     a, b = _images("alex", n=1)
@@ -164,7 +231,9 @@ def test_lpips_bad_input(pair, tmp_path):
     with pytest.raises(TypeError, match="in0"):
         fast((a * 127).to(torch.uint8), b)
     with pytest.raises(ValueError, match="in1"):
-        fast(a, b[:1])
+        fast(a, _images("alex", n=3)[1])  # batch 2 against 3: neither is 1
+    with pytest.raises(ValueError, match="in1"):
+        fast(a, b[..., :40, :40])
     with pytest.raises(ValueError, match="in0"):
         fast(a[:, :2], b[:, :2])
     with pytest.raises(ValueError, match="in0"):

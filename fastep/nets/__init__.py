@@ -4,17 +4,20 @@
   ``"gatys"``, ``"pix2pixhd"``, ``"lpips_vgg"``), running only up to the deepest one.
 * :mod:`fastep.nets.weights` finds ImageNet weights offline (torch hub cache,
   ``$FASTEP_WEIGHTS_DIR``, a file) or makes seeded random ones.
+* :mod:`fastep.nets.cache` is the one cache of frozen backbones (:func:`shared_module`).
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
+from .cache import clear_shared_modules, shared_module, weights_key
 from .vgg import LAYER_PRESETS, VGGFeatures, resolve_layers, vgg_layer_names
 from .weights import random_state_dict, resolve_state_dict
 
 __all__ = ["VGGFeatures", "LAYER_PRESETS", "resolve_layers", "vgg_layer_names",
-           "resolve_state_dict", "random_state_dict"]
+           "resolve_state_dict", "random_state_dict", "shared_module", "weights_key",
+           "clear_shared_modules"]
 
 
 def __getattr__(name: str) -> Any:

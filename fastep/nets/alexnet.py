@@ -97,6 +97,9 @@ class AlexNetFeatures(nn.Module):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"x: expected float images (N, 3, H, W), got "
                              f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+        w = self.features[0].weight
+        if x.dtype != w.dtype:  # e.g. bf16 images into an fp32 network: compute in the network's dtype
+            x = x.to(w.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = []
