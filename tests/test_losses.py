@@ -284,7 +284,6 @@ def _style_loss64(vgg, x, t):
         vgg.float()
 
 
-@pytest.mark.skipif(not _has_gram(), reason="fastep.ops.gram not available yet")
 def test_style_loss_target_in_the_call_is_that_calls_target():
     """A fresh target per call (``loss(x, target=t); del t``: new tensors often reuse a freed
     address) and a target refilled through ``.data.copy_()`` (which bumps no version counter)
@@ -325,7 +324,6 @@ def test_style_loss_target_in_the_call_is_that_calls_target():
         torch.testing.assert_close(sl(x).double(), _style_loss64(sl.vgg, x, kept), rtol=1e-4, atol=1e-12)
 
 
-@pytest.mark.skipif(not _has_gram(), reason="fastep.ops.gram not available yet")
 def test_style_loss_half_precision_and_detached_target():
     sl = L.StyleLoss(net=["relu1_1", "relu2_1"], backbone_weights="random", seed=SEED)
     x, t = _images(n=2), _images(n=1)
