@@ -1,9 +1,12 @@
 """StEP networks: shapes and MACs at 256 x 256 (meta device), small real forwards, bf16 safety."""
+import copy
+
 import pytest
 import torch
 
 from fastep.models import (EqConv2d, Generator, MultiScaleDiscriminator, StyleEncoder, count_macs,
                            instance_norm, minibatch_stddev, pixel_norm)
+from fastep.models.layers import EqLinear, InstanceNorm
 from fastep.train.config import ModelConfig
 from fastep.train.step import build_models
 
@@ -81,34 +84,123 @@ def test_z_changes_output_and_channels_last_matches():
     torch.testing.assert_close(y2, y, atol=1e-5, rtol=1e-4)
 
 
+# bf16 unit roundoff (8-bit significand, round to nearest): |fl(v) - v| <= U16 * |v|
+U16 = 2.0 ** -8
+U32 = 2.0 ** -24
+
+
+def _abs_copy(m):
+    """``m`` with |weights| and |bias|: its output on |x| is the sum of |w_i x_i| + |b| that
+    bounds the rounding error of a dot product (Higham, Accuracy and Stability, sec. 3.1)."""
+    a = copy.deepcopy(m)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.abs_()
+    return a
+
+
+def _bf16_layer_errors(nets, run):
+    """Run ``run()`` under CPU bf16 autocast and check every layer against its float32 result
+    on the same (bf16) input.  Returns the worst error / bound ratio per layer kind.
+
+    Why per layer: end to end the bf16 and fp32 outputs of an untrained net differ by up to
+    1.16 on some seeds, but the fp32 net does the same when only its *input* is rounded to bf16
+    (0.4-0.7 on those seeds): every pixel norm after a ReLU maps a pixel whose channels are
+    all nearly 0 to unit RMS, so its output there is the direction of the rounding noise
+    (gain ~ typical RMS / that pixel's RMS, 1e2-1e3 at the worst pixels).  That is the
+    network's conditioning, not a precision fault, and no end-to-end tolerance both holds and
+    means anything.  What bf16 safety does mean, and what this checks, is that every layer
+    is computed to bf16 accuracy:
+      conv / linear (bf16 operands, fp32 accumulation, bf16 output): with A = sum|w_i x_i|,
+        |y16 - y32| <= U16*A (weights rounded) + U16*|b| + U16*|y32| (output rounded)
+                       + K*U32*A (fp32 accumulation of K terms), to first order in U16;
+      norms (computed in fp32, one rounding at the end): |y16 - y32| <= U16*|y32| + 1e-5.
+    """
+    worst = {}
+    seen = []
+    inside = []
+
+    def hook(m, args, out):
+        if inside:  # the reference calls below
+            return
+        inside.append(m)
+        try:
+            check(m, args[0].detach(), out)
+        finally:
+            inside.pop()
+
+    def check(m, x, out):
+        with torch.autocast("cpu", enabled=False), torch.no_grad():
+            xr = x.to(torch.bfloat16).float()  # what autocast feeds the op
+            ref = m(xr)
+            if isinstance(m, InstanceNorm):
+                kind, bound = "norm", U16 * ref.abs() + 1e-5
+            else:
+                k = xr[0].numel() if isinstance(m, EqLinear) else m.in_ch * m.kernel ** 2
+                a = _abs_copy(m)
+                bias = a.bias if a.bias is not None else torch.zeros(())
+                acc = a(xr.abs()) - bias.view(-1, *([1] * (ref.dim() - 2)))
+                kind = "linear" if isinstance(m, EqLinear) else "conv"
+                bound = (U16 + k * U32) * acc + U16 * bias.view(-1, *([1] * (ref.dim() - 2))) + U16 * ref.abs()
+                bound = bound * (1 + 4 * U16) + 1e-30  # second-order terms
+        assert out.dtype == torch.bfloat16, (m, out.dtype)
+        r = ((out.float() - ref).abs() / bound).max().item()
+        worst[kind] = max(worst.get(kind, 0.0), r)
+        seen.append(kind)
+
+    kinds = (EqConv2d, EqLinear, InstanceNorm)
+    hs = [m.register_forward_hook(hook) for net in nets for m in net.modules() if isinstance(m, kinds)]
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = run()
+    finally:
+        for h in hs:
+            h.remove()
+    assert {"conv", "norm"} <= set(seen)
+    return worst, out
+
+
 def test_bf16_autocast_is_safe():
-    torch.manual_seed(0)
+    """Every layer of G, E and D computes to bf16 accuracy under autocast (see
+    _bf16_layer_errors for why the check is per layer); outputs finite, in bf16, G's in [-1, 1]."""
     G = Generator(nf=8, n_res=1)
     E = StyleEncoder(nf=8)
     D = MultiScaleDiscriminator(nf=8, scales=2)
     a = torch.rand(2, 3, 32, 32) * 2 - 1
     z = torch.randn(2, 8)
-    ref = G(a, z)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = G(a, z)
-        outs = D(a, y)
-        code = E(y)
-    assert y.dtype == torch.bfloat16
+    pre = {}
+    h = G.to_rgb.register_forward_hook(lambda m, i, o: pre.setdefault("rgb", o))
+    try:
+        worst, (y, outs, code) = _bf16_layer_errors((G, E, D), lambda: (lambda y: (y, D(a, y), E(y)))(G(a, z)))
+    finally:
+        h.remove()
+    assert set(worst) == {"conv", "norm", "linear"}
+    assert all(v <= 1.0 for v in worst.values()), worst
+    assert y.dtype == torch.bfloat16 and y.abs().max() <= 1
     assert torch.isfinite(y.float()).all() and all(torch.isfinite(o.float()).all() for o in outs)
     assert torch.isfinite(code.float()).all()
-    assert (y.float() - ref).abs().max() < 0.15
+    # the final tanh: one bf16 rounding of tanh of its (bf16) input
+    t = torch.tanh(pre["rgb"].float())
+    assert ((y.float() - t).abs() <= U16 * t.abs() + 1e-6).all()
 
 
 def test_norms_compute_in_fp32():
-    x = (torch.randn(2, 4, 8, 8) * 300).to(torch.bfloat16)  # squares overflow nothing, but sums lose precision
+    """instance_norm / pixel_norm on bf16 input: the float64 result rounded once to bf16.
+
+    Inputs carry a mean offset of 8 std per channel (as conv outputs after a ReLU do), so a norm
+    whose mean or variance is formed in bf16 misses by a few percent (bf16 spacing near 8 is
+    1/16 of the std), far outside U16*|y|."""
+    x = (torch.randn(2, 4, 8, 8) + 8 * torch.rand(1, 4, 1, 1) + 4).to(torch.bfloat16)
     w, b = torch.rand(4) + 0.5, torch.randn(4)
     got = instance_norm(x, w, b)
     ref = torch.nn.functional.instance_norm(x.double(), weight=w.double(), bias=b.double(), eps=1e-5)
     assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got.double(), ref, atol=0.05, rtol=0.02)
+    assert ((got.double() - ref).abs() <= U16 * ref.abs() + 1e-5).all(), (got.double() - ref).abs().max()
+    x = (torch.randn(2, 4, 8, 8) * 300).to(torch.bfloat16)
     pn = pixel_norm(x)
+    ref = x.double() / (x.double().square().mean(1, keepdim=True) + 1e-8).sqrt()
     assert pn.dtype == torch.bfloat16
-    torch.testing.assert_close(pn.double().square().mean(1), torch.ones(2, 8, 8, dtype=torch.float64), atol=0.03, rtol=0)
+    assert ((pn.double() - ref).abs() <= U16 * ref.abs() + 1e-5).all(), (pn.double() - ref).abs().max()
 
 
 def test_minibatch_stddev_channel():
