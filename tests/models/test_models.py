@@ -180,8 +180,13 @@ def test_bf16_autocast_is_safe():
     assert torch.isfinite(y.float()).all() and all(torch.isfinite(o.float()).all() for o in outs)
     assert torch.isfinite(code.float()).all()
     # the final tanh: one bf16 rounding of tanh of its (bf16) input
-    t = torch.tanh(pre["rgb"].float())
-    assert ((y.float() - t).abs() <= U16 * t.abs() + 1e-6).all()
+    assert _rounding_ratio(y, torch.tanh(pre["rgb"].double())) <= 1.0
+
+
+def _rounding_ratio(got, ref):
+    """max |got - ref| / (U16*|ref| + 1e-5): <= 1 iff ``got`` is ``ref`` rounded once to bf16
+    (plus float32-level error)."""
+    return ((got.double() - ref).abs() / (U16 * ref.abs() + 1e-5)).max().item()
 
 
 def test_norms_compute_in_fp32():
@@ -195,12 +200,12 @@ def test_norms_compute_in_fp32():
     got = instance_norm(x, w, b)
     ref = torch.nn.functional.instance_norm(x.double(), weight=w.double(), bias=b.double(), eps=1e-5)
     assert got.dtype == torch.bfloat16
-    assert ((got.double() - ref).abs() <= U16 * ref.abs() + 1e-5).all(), (got.double() - ref).abs().max()
+    assert _rounding_ratio(got, ref) <= 1.0
     x = (torch.randn(2, 4, 8, 8) * 300).to(torch.bfloat16)
     pn = pixel_norm(x)
     ref = x.double() / (x.double().square().mean(1, keepdim=True) + 1e-8).sqrt()
     assert pn.dtype == torch.bfloat16
-    assert ((pn.double() - ref).abs() <= U16 * ref.abs() + 1e-5).all(), (pn.double() - ref).abs().max()
+    assert _rounding_ratio(pn, ref) <= 1.0
 
 
 def test_minibatch_stddev_channel():
