@@ -79,13 +79,13 @@ def _id(case):
 
 
 def _half_triton_route(impl, device, dtype, monkeypatch):
-    """impl "fastep_triton": fastep with half precision kept on the Triton kernels (the default
-    routes fp16/bf16 gram and pairwise GEMMs on CUDA to cuBLAS: fastep/ops/gram.py)."""
+    """impl "fastep_triton": fastep with gram and pairwise forced onto the Triton kernels (the
+    routes send them to cuBLAS on CUDA; fastep info lists the routes)."""
     if impl != "fastep_triton":
         return impl
-    if device != "cuda" or dtype == torch.float32:
-        pytest.skip("the Triton/cuBLAS choice exists only for half precision on CUDA")
-    monkeypatch.setenv("FASTEP_HALF_GEMM", "triton")
+    if device != "cuda":
+        pytest.skip("the Triton/cuBLAS choice exists only on CUDA")
+    monkeypatch.setenv("FASTEP_BACKEND", "gram=triton,pairwise_style_distance=triton")
     return "fastep"
 
 

@@ -5,7 +5,7 @@
 
 * ``perceptual`` forward + backward (w.r.t. the generated images) of the VGG feature loss.
   baseline: pix2pixHD's ``VGGLoss`` (VGG19 relu1_1..relu5_1 slices, L1, weights 1/32..1,
-  fp32, NCHW, two backbone passes, target detached): ``fastep.ops.reference.VGGLossReference``
+  fp32, NCHW, two backbone passes, target detached): ``fastep.nets.reference.VGGLossReference``
   with the same random backbone.  ``fastep``: ``PerceptualLoss("pix2pixhd")`` (bf16 autocast + channels_last on
   CUDA, the target pass under no_grad, one fused reduction launch); ``fastep_fp32``: the same
   with ``amp=False`` (what the fused tail and the layout alone give); ``fastep_joint``: bf16 with
@@ -31,7 +31,7 @@ import torch
 
 import fastep.losses as L
 from fastep.nets.weights import random_state_dict
-from fastep.ops.reference import VGGLossReference
+from fastep.nets.reference import VGGLossReference
 
 def _perceptual_cases(device):
     if device == "cuda":

@@ -45,7 +45,7 @@ __all__ = ["__version__", "info", *_EXPORTS]
 
 def info() -> str:
     """The environment report of ``fastep info`` as a string."""
-    from ._ext import info_lines
+    from .cli_info import info_lines
 
     return "\n".join(info_lines())
 

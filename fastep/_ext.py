@@ -1,17 +1,25 @@
-"""Guarded loading of the compiled extension and the choice of backend for every op.
+"""Guarded loading of the compiled extension, and the one place where every op picks its backend.
 
-Every fused op in fastep has up to four implementations of the same function:
+A fused op in fastep has up to five implementations of the same function:
 
-``triton``     Triton kernels (``fastep.kernels``), used for CUDA tensors.
+``triton``     Triton kernels (``fastep.kernels``): CUDA tensors, or CPU under TRITON_INTERPRET=1.
 ``cuda``       CUDA kernels compiled into ``fastep._C`` (when it was built with CUDA).
 ``cpp``        C++/OpenMP CPU kernels compiled into ``fastep._C``.
+``cublas``     one cuBLAS GEMM (torch.mm / bmm) plus a small epilogue, for CUDA tensors.
 ``reference``  plain PyTorch (``fastep.ops.reference``): the definition, always available.
 
-An op module declares its preference order per device type with :func:`register_op`, and asks
-:func:`backend_for` at call time.  ``FASTEP_BACKEND=reference`` (or :func:`force_backend`)
-forces the plain-PyTorch path everywhere, which is what the eager fp32 baselines use.
-Nothing here raises at import time: a missing ``_C`` or Triton only removes backends, and
-``fastep info`` reports what each op will run on.
+An op module declares, with :func:`register_op`, its implementations and its *routes*: per device
+type an ordered list of ``(backend, dtypes)`` entries (best first).  At call time
+:func:`dispatch` (or :func:`backend_for`) walks that list and takes the first backend that is
+available here and serves the inputs' dtypes; ``reference`` closes every list.  Nothing else in
+the package decides a backend, so ``fastep info`` (:func:`route_table`) shows exactly what runs.
+
+One switch overrides the routes: ``FASTEP_BACKEND`` (or :func:`force_backend`), either one
+backend for every op (``FASTEP_BACKEND=reference``: the plain-PyTorch eager path of the fp32
+baselines) or per op (``FASTEP_BACKEND=gram=triton,pairwise_style_distance=triton``).  A forced
+backend is used where the op has it, it is available and it takes the dtype; otherwise the
+op's routes apply.  Nothing here raises at import time: a missing ``_C`` or Triton only removes
+backends.
 """
 from __future__ import annotations
 
@@ -20,11 +28,14 @@ import importlib
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-BACKENDS = ("triton", "cuda", "cpp", "reference")
+BACKENDS = ("triton", "cuda", "cpp", "cublas", "reference")
+#: The dtypes Triton kernels and the cuBLAS routes take (float64 always runs the reference).
+FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32)
+HALF_TYPES = (torch.float16, torch.bfloat16)
 
 _C = None
 _C_ERROR: Optional[str] = None
@@ -75,7 +86,24 @@ def has_triton() -> bool:
 
 
 def triton_interpret() -> bool:
+    """TRITON_INTERPRET=1: Triton kernels run on CPU tensors in Triton's interpreter."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+FP32_DOT_MODES = ("tf32x3", "ieee")
+
+
+def fp32_dot_mode() -> str:
+    """How Triton kernels multiply float32 operands: ``tf32x3`` (default: three TF32 tensor-core
+    products per multiply-add, about 2^-21 relative error each), ``ieee`` (plain FMAs; set
+    ``FASTEP_FP32_DOT=ieee``), or ``tf32`` when ``torch.set_float32_matmul_precision`` allows TF32
+    (as it does for torch.matmul)."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    mode = os.environ.get("FASTEP_FP32_DOT", "tf32x3").strip().lower() or "tf32x3"
+    if mode not in FP32_DOT_MODES:
+        raise ValueError(f"FASTEP_FP32_DOT: expected one of {', '.join(FP32_DOT_MODES)}, got {mode!r}")
+    return mode
 
 
 def _available(backend: str, device_type: str) -> bool:
@@ -87,108 +115,242 @@ def _available(backend: str, device_type: str) -> bool:
         return device_type == "cuda" and C_has_cuda()
     if backend == "cpp":
         return device_type == "cpu" and has_C()
+    if backend == "cublas":
+        return device_type == "cuda"
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+
+# ----------------------------------------------------------------------------------------------
+# the op registry
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Route:
+    """One entry of an op's route list: ``backend`` for inputs of ``dtypes`` (None: any)."""
+
+    backend: str
+    dtypes: Optional[Tuple[torch.dtype, ...]] = None
+
+    def serves(self, dtypes: Sequence[torch.dtype]) -> bool:
+        return self.dtypes is None or all(d in self.dtypes for d in dtypes)
+
+
+RouteSpec = Union[str, Tuple[str, Optional[Sequence[torch.dtype]]]]
 
 
 @dataclass
 class OpInfo:
+    """An op's implementations and routes (see :func:`register_op`)."""
+
     name: str
-    preference: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+    routes: Dict[str, Tuple[Route, ...]] = field(default_factory=dict)
+    impls: Dict[str, Callable] = field(default_factory=dict)
+    takes: Dict[str, Optional[Tuple[torch.dtype, ...]]] = field(default_factory=dict)
     doc: str = ""
+    follows: Optional[str] = None  #: takes the same backend as this op (e.g. its forward)
+
+    def has(self, backend: str) -> bool:
+        return backend in self.takes
+
+    def can_take(self, backend: str, dtypes: Sequence[torch.dtype]) -> bool:
+        allowed = self.takes.get(backend)
+        return allowed is None or all(d in allowed for d in dtypes)
+
+    @property
+    def preference(self) -> Dict[str, Tuple[str, ...]]:
+        """Backends per device type, best first (dtype conditions dropped)."""
+        return {d: tuple(dict.fromkeys(r.backend for r in rs)) for d, rs in self.routes.items()}
+
+    def dispatch(self, *tensors: torch.Tensor) -> Callable:
+        """The implementation to call for these input tensors (see :func:`backend_for`)."""
+        return self.impls[backend_for(self.name, tensors[0].device, [t.dtype for t in tensors])]
 
 
 _OPS: Dict[str, OpInfo] = {}
-_FORCED = threading.local()
 
 
-def register_op(name: str, *, cuda: Sequence[str] = ("reference",), cpu: Sequence[str] = ("reference",),
-                doc: str = "") -> OpInfo:
-    """Declare an op and its backend preference per device type (best first)."""
-    for b in tuple(cuda) + tuple(cpu):
+def _routes(spec: Sequence[RouteSpec], name: str) -> Tuple[Route, ...]:
+    out: List[Route] = []
+    for entry in spec:
+        backend, dtypes = (entry, None) if isinstance(entry, str) else entry
+        if backend not in BACKENDS:
+            raise ValueError(f"op {name!r}: unknown backend {backend!r}; expected one of {BACKENDS}")
+        out.append(Route(backend, None if dtypes is None else tuple(dtypes)))
+    if not out or out[-1] != Route("reference"):
+        out.append(Route("reference"))
+    return tuple(out)
+
+
+def register_op(name: str, *, cuda: Sequence[RouteSpec] = (), cpu: Sequence[RouteSpec] = (),
+                impls: Optional[Mapping[str, Callable]] = None,
+                takes: Optional[Mapping[str, Optional[Sequence[torch.dtype]]]] = None,
+                follows: Optional[str] = None, doc: str = "") -> OpInfo:
+    """Declare op ``name``: its routes per device type and (optionally) its implementations.
+
+    ``cuda``/``cpu``: entries ``"backend"`` or ``("backend", dtypes)``, best first; ``reference``
+    is appended.  ``impls``: backend -> callable (all with the same signature; include
+    ``"reference"``); :meth:`OpInfo.dispatch` returns the chosen one.  Without ``impls`` the op
+    module calls :func:`backend_for` itself and runs the named backend.  ``takes``: backend ->
+    the dtypes it can run (default: with ``impls``, Triton and cuBLAS take float16/bfloat16/
+    float32 and the others any dtype; without, any dtype).  ``follows``: this op (a backward, say) takes whatever backend op
+    ``follows`` takes, with its routes and forcing.
+    """
+    if follows is not None:
+        lead = _OPS.get(follows)
+        if lead is None:
+            raise KeyError(f"op {name!r} follows {follows!r}, which is not registered")
+        routes = dict(lead.routes)
+    else:
+        routes = {"cuda": _routes(cuda, name), "cpu": _routes(cpu, name)}
+    impls = dict(impls or {})
+    if impls and "reference" not in impls:
+        raise ValueError(f"op {name!r}: impls must include 'reference'")
+    route_names = {r.backend for rs in routes.values() for r in rs}
+    # a follower has the backends it implements; its lead's other routes are skipped for it
+    names = set(impls) if (follows is not None and impls) else set(impls) | route_names
+    for b in names:
         if b not in BACKENDS:
             raise ValueError(f"op {name!r}: unknown backend {b!r}; expected one of {BACKENDS}")
-    info = OpInfo(name, {"cuda": tuple(cuda) + ("reference",), "cpu": tuple(cpu) + ("reference",)}, doc)
+        if impls and b not in impls:
+            raise ValueError(f"op {name!r}: route to {b!r} has no implementation")
+    allowed: Dict[str, Optional[Tuple[torch.dtype, ...]]] = {
+        b: (FLOAT_TYPES if impls and b in ("triton", "cublas") else None) for b in names}
+    for b, dts in (takes or {}).items():
+        allowed[b] = None if dts is None else tuple(dts)
+    info = OpInfo(name, routes, impls, allowed, doc, follows)
     _OPS[name] = info
     return info
 
 
-def registered_ops() -> Dict[str, OpInfo]:
-    return dict(_OPS)
+def registered(name: str) -> OpInfo:
+    """The :class:`OpInfo` of op ``name`` (importing ``fastep.ops`` registers fastep's ops)."""
+    info = _OPS.get(name)
+    if info is None:
+        importlib.import_module("fastep.ops")
+        info = _OPS.get(name)
+    if info is None:
+        raise KeyError(f"op {name!r} was never registered with fastep._ext.register_op")
+    return info
 
 
-def _forced() -> Optional[str]:
-    forced = getattr(_FORCED, "value", None)
-    if forced is None:
-        env = os.environ.get("FASTEP_BACKEND", "").strip().lower()
-        forced = env or None
-    return forced
+# ----------------------------------------------------------------------------------------------
+# forcing a backend: FASTEP_BACKEND / force_backend
+# ----------------------------------------------------------------------------------------------
+_FORCED = threading.local()
+_ENV_CACHE: Dict[str, Dict[str, str]] = {}
+
+
+def parse_forced(spec: str) -> Dict[str, str]:
+    """``"reference"`` -> ``{"*": "reference"}``; ``"gram=triton,style_loss=reference"`` -> per op.
+    Unknown backends (and, per op, unknown op names) are an error naming the valid ones."""
+    out: Dict[str, str] = {}
+    for part in (p.strip().lower() for p in spec.split(",")):
+        if not part:
+            continue
+        op, _, backend = part.rpartition("=")
+        op = op.strip() or "*"
+        backend = backend.strip()
+        if backend not in BACKENDS:
+            raise ValueError(f"FASTEP_BACKEND: unknown backend {backend!r} in {spec!r}; expected one "
+                             f"of {', '.join(BACKENDS)} (or op=backend pairs)")
+        if op != "*" and op not in _OPS:
+            importlib.import_module("fastep.ops")  # the ops register on import
+            if op not in _OPS:
+                raise ValueError(f"FASTEP_BACKEND: unknown op {op!r} in {spec!r}; expected one of "
+                                 f"{', '.join(sorted(_OPS))}")
+        out[op] = backend
+    return out
+
+
+def _forced_map() -> Dict[str, str]:
+    local = getattr(_FORCED, "value", None)
+    if local is not None:
+        return local
+    env = os.environ.get("FASTEP_BACKEND", "").strip()
+    if not env:
+        return {}
+    if env not in _ENV_CACHE:
+        _ENV_CACHE[env] = parse_forced(env)
+    return _ENV_CACHE[env]
+
+
+def forced_backend(name: Optional[str] = None) -> Optional[str]:
+    """The backend forced for op ``name`` (or for every op, when ``name`` is None), if any."""
+    forced = _forced_map()
+    if name is not None and name in forced:
+        return forced[name]
+    return forced.get("*")
 
 
 @contextlib.contextmanager
-def force_backend(backend: Optional[str]) -> Iterator[None]:
-    """Run the body with every op on ``backend`` where available (``None`` restores auto).
+def force_backend(backend: Optional[str], ops: Optional[Sequence[str]] = None) -> Iterator[None]:
+    """Run the body with ``ops`` (default: every op) on ``backend`` where it can run it.
 
     ``force_backend("reference")`` gives the plain-PyTorch eager path: the baseline of the
-    benchmarks and a debugging aid.  Forcing an unavailable fast backend falls back to the
-    op's normal preference order.
+    benchmarks and a debugging aid.  ``None`` restores the routes (and FASTEP_BACKEND).
+    Forcing a backend an op lacks, that is unavailable here or that does not take the inputs'
+    dtype falls back to the op's routes.
     """
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
     previous = getattr(_FORCED, "value", None)
-    _FORCED.value = backend
+    new: Optional[Dict[str, str]]
+    if backend is None:
+        new = None
+    elif ops is None:
+        new = {"*": backend}
+    else:
+        for op in ops:
+            registered(op)
+        new = {**(previous if previous is not None else _forced_map()), **{op: backend for op in ops}}
+    _FORCED.value = new
     try:
         yield
     finally:
         _FORCED.value = previous
 
 
-def backend_for(name: str, device: torch.device | str) -> str:
-    """The backend op ``name`` runs on for tensors on ``device``."""
+# ----------------------------------------------------------------------------------------------
+# choosing
+# ----------------------------------------------------------------------------------------------
+def backend_for(name: str, device: torch.device | str,
+                dtype: Union[None, torch.dtype, Sequence[torch.dtype]] = None) -> str:
+    """The backend op ``name`` runs on for inputs on ``device`` of ``dtype`` (one dtype or the
+    dtypes of all its tensor inputs; None: the route for "any dtype")."""
     device_type = torch.device(device).type
-    info = _OPS.get(name)
-    if info is None:
-        raise KeyError(f"op {name!r} was never registered with fastep._ext.register_op")
-    forced = _forced()
-    if forced is not None and forced in BACKENDS and _available(forced, device_type):
+    info = registered(name)
+    lead = registered(info.follows) if info.follows else info
+    dtypes: Tuple[torch.dtype, ...] = () if dtype is None else (
+        (dtype,) if isinstance(dtype, torch.dtype) else tuple(dtype))
+    forced = forced_backend(lead.name)
+    if forced is not None and info.has(forced) and _available(forced, device_type) \
+            and info.can_take(forced, dtypes):
         return forced
-    for backend in info.preference.get(device_type, ("reference",)):
-        if _available(backend, device_type):
-            return backend
+    for route in lead.routes.get(device_type, (Route("reference"),)):
+        if route.serves(dtypes) and info.has(route.backend) and _available(route.backend, device_type) \
+                and info.can_take(route.backend, dtypes):
+            return route.backend
     return "reference"
 
 
-def info_lines() -> list[str]:
-    """Human-readable environment report used by ``fastep info``."""
-    import platform
+def dispatch(name: str, *tensors: torch.Tensor) -> Callable:
+    """The implementation of op ``name`` for these input tensors."""
+    return registered(name).dispatch(*tensors)
 
-    from .version import __version__
 
-    lines = [f"fastep {__version__}", f"python {platform.python_version()} ({platform.machine()})",
-             f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})"]
-    try:
-        import torchvision
-        lines.append(f"torchvision {torchvision.__version__}")
-    except Exception:  # noqa: BLE001
-        lines.append("torchvision: not importable")
-    if has_triton():
-        import triton
-        lines.append(f"triton {triton.__version__} (interpreter: {'on' if triton_interpret() else 'off'})")
-    else:
-        lines.append("triton: not available")
-    cuda_ok = torch.cuda.is_available()
-    lines.append("CUDA device: " + (torch.cuda.get_device_name(0) if cuda_ok else "none"))
-    if has_C():
-        lines.append(f"fastep._C: loaded ({'with' if C_has_cuda() else 'without'} CUDA kernels)")
-    else:
-        lines.append(f"fastep._C: NOT available ({C_error()}); C++/CUDA ops fall back")
-    # Importing the ops registers them.
-    importlib.import_module("fastep.ops")
-    devices = ["cpu"] + (["cuda"] if cuda_ok else [])
-    lines.append("op backends (" + ", ".join(devices) + "):")
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+                torch.float64: "fp64"}
+
+
+def route_table(devices: Sequence[str] = ("cpu", "cuda")) -> List[Tuple[str, str, Dict[str, str], Tuple[str, ...]]]:
+    """For every op (backward ops, which follow their forward, left out) and device type:
+    ``(op, device, {dtype name: backend taken here}, backends it has)``.  What ``fastep info`` prints."""
+    importlib.import_module("fastep.ops")  # the ops register on import
+    rows = []
     for name in sorted(_OPS):
-        chosen = ", ".join(f"{d}={backend_for(name, d)}" for d in devices)
-        lines.append(f"  {name:<28s} {chosen}")
-    forced = _forced()
-    if forced:
-        lines.append(f"forced backend: {forced}")
-    return lines
+        info = _OPS[name]
+        if info.follows:
+            continue
+        for dev in devices:
+            taken = {_DTYPE_NAMES[d]: backend_for(name, dev, d) for d in _DTYPE_NAMES}
+            rows.append((name, dev, taken, tuple(sorted(info.takes, key=BACKENDS.index))))
+    return rows

@@ -47,7 +47,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "benchmarks"
 TRAIN_BENCH_FILE = "test_bench_training.py"
 CONFIG_ENV = "FASTEP_TRAIN_BENCH"  # JSON config handed from `fastep bench` to the suite
-FACTORY_ENV = "FASTEP_BENCH_STEP_FACTORY"  # "module:function" replacing make_step (tests, dev)
 DEFAULT_CUDA_BUDGET_S = 540.0
 GIB = 2 ** 30
 MIB = 2 ** 20
@@ -340,18 +339,10 @@ def make_step(approach: str, batch: int, resolution: int, impl: str, device, *,
     The perceptual loss uses a seeded random VGG16 by default (ImageNet weights change no
     timing, and are not needed to measure one).
 
-    Returns ``step`` with ``step(A, B) -> dict of detached losses``.  ``FASTEP_BENCH_STEP_FACTORY
-    =module:function`` substitutes another factory with the same signature.
+    Returns ``step`` with ``step(A, B) -> dict of detached losses``.
     """
     if approach not in APPROACHES:
         raise ValueError(f"approach: expected one of {', '.join(APPROACHES)}, got {approach!r}")
-    factory = os.environ.get(FACTORY_ENV)
-    if factory:
-        mod_name, _, fn_name = factory.partition(":")
-        import importlib
-        fn = getattr(importlib.import_module(mod_name), fn_name)
-        return fn(approach, batch, resolution, impl, device, compile=compile,
-                  cuda_graphs=cuda_graphs, model_overrides=model_overrides, seed=seed)
     import torch
     from fastep.train.config import LossConfig, ModelConfig, TrainConfig
     from fastep.train.step import make_train_step

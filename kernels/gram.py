@@ -26,7 +26,6 @@ tensors under ``TRITON_INTERPRET=1`` (autotuning is off there).
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from typing import Optional
 
@@ -34,13 +33,15 @@ import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from fastep._ext import fp32_dot_mode, triton_interpret
 
-# PREC constexpr: how tl.dot treats its operands.  float32 operands default to "tf32x3" (three
-# TF32 tensor-core products per multiply-add: hi*hi + hi*lo + lo*hi, ~2^-21 relative error per
-# product, i.e. float32-level results at about 2-3x the speed of IEEE FMAs on an H100); set
-# FASTEP_FP32_DOT=ieee for plain FMAs.  torch.set_float32_matmul_precision("high"/"medium") means
-# plain TF32, as for torch.matmul.
+INTERPRET = triton_interpret()
+
+# PREC constexpr: how tl.dot treats float32 operands (fastep._ext.fp32_dot_mode): "tf32x3"
+# (default: three TF32 tensor-core products per multiply-add, hi*hi + hi*lo + lo*hi, ~2^-21
+# relative error per product, float32-level results at about 2-3x the speed of IEEE FMAs on an
+# H100), "ieee" (FASTEP_FP32_DOT=ieee: plain FMAs), or plain TF32 when
+# torch.set_float32_matmul_precision("high"/"medium") allows it, as for torch.matmul.
 PREC_NATIVE, PREC_TF32, PREC_IEEE, PREC_TF32X3 = 0, 1, 2, 3
 _TF32X3_BROKEN = False  # set when this Triton cannot compile tf32x3 (falls back to IEEE)
 
@@ -262,9 +263,10 @@ def _programs_target(device: torch.device) -> int:
 def _prec(dtype: torch.dtype) -> int:
     if dtype != torch.float32:
         return PREC_NATIVE
-    if torch.get_float32_matmul_precision() != "highest":
+    mode = fp32_dot_mode()
+    if mode == "tf32":
         return PREC_TF32
-    if _TF32X3_BROKEN or os.environ.get("FASTEP_FP32_DOT", "tf32x3").lower() == "ieee":
+    if _TF32X3_BROKEN or mode == "ieee":
         return PREC_IEEE
     return PREC_TF32X3
 

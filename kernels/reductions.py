@@ -24,15 +24,16 @@ No torch.library code here; fastep.ops.reductions registers the ops and picks th
 """
 from __future__ import annotations
 
-import os
 from typing import List, Optional, Sequence
 
 import torch
 import triton
 import triton.language as tl
 
+from fastep._ext import triton_interpret
+
 MAX_LAYERS = 6
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET = triton_interpret()
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,15 +8,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastep.losses as L
-from fastep.ops import reference as R
+from fastep.nets.reference import VGGLossReference
 from fastep.ops.reference import no_tf32
 
 SEED = 7
 
 
 def VGGLoss(net, criterion, normalize=True):
-    """pix2pixHD's VGGLoss with fastep's random backbone for SEED (fastep.ops.reference)."""
-    return R.VGGLossReference(net, criterion, seed=SEED, normalize=normalize)
+    """pix2pixHD's VGGLoss with fastep's random backbone for SEED (fastep.nets.reference)."""
+    return VGGLossReference(net, criterion, seed=SEED, normalize=normalize)
 
 
 def _close_grad(a, b, tol):

@@ -3,10 +3,11 @@
 * :mod:`fastep.ops.gram`        gram, style_loss, gram_vectors, pairwise_style_distance
 * :mod:`fastep.ops.mining`      mine_neighbours, sample_triplets
 * :mod:`fastep.ops.reductions`  fused weighted multi-layer reductions (PerceptualLoss, LPIPS)
-* :mod:`fastep.ops.reference`   plain-PyTorch definitions of all of the above
+* :mod:`fastep.ops.reference`   plain-PyTorch definitions of all of the above (one module per family)
 
-Which implementation runs (Triton, CUDA, C++ or reference) is decided per call by
-``fastep._ext.backend_for``; ``fastep info`` prints the choice for every op.
+Which implementation runs (Triton, CUDA, C++, cuBLAS or reference) is decided per call in one
+place, :mod:`fastep._ext`, from the routes each op module registers; ``fastep info`` prints the
+choice for every op, device and dtype.
 """
 from . import reference  # noqa: F401
 from .gram import *  # noqa: F401,F403

@@ -1,8 +1,11 @@
 """Gram matrices, style losses and style distances (StEP's Gatys style distance).
 
 Public API (all registered with ``torch.library`` so that ``torch.compile`` traces them, with
-autograd; CUDA tensors run Triton kernels from :mod:`fastep.kernels.gram`, CPU tensors the
-plain-PyTorch path of :mod:`fastep.ops.reference`):
+autograd).  Backends (chosen by :mod:`fastep._ext` from the routes registered below; ``fastep
+info`` prints them): on CUDA, ``gram`` and ``pairwise_style_distance`` run one cuBLAS GEMM plus an
+epilogue, ``style_loss``/``style_distance`` the fused Triton kernels of :mod:`fastep.kernels.gram`
+for fp16/bf16 and cuBLAS for float32; CPU tensors run the plain-PyTorch definitions of
+:mod:`fastep.ops.reference`.
 
 * :func:`gram`                     G = F F^T / (C H W) of (N, C, H, W) features.
 * :func:`style_loss`               sum_l w_l mean((G_l(x) - G_l(y))^2), or against fixed target Grams.
@@ -11,7 +14,7 @@ plain-PyTorch path of :mod:`fastep.ops.reference`):
 * :func:`gram_vector_dim`          length of those vectors for given channel counts.
 * :func:`pairwise_style_distance`  N x M distance matrix from Gram vectors (GEMM identity).
 
-What is fused (CUDA):
+What the Triton kernels fuse:
 
 * ``gram`` computes only the upper-triangle tiles of G (mirror-written), split over H*W when
   there are too few tiles to fill the GPU; float32 accumulation for fp16/bf16 features.
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -41,19 +43,8 @@ from . import reference as _ref
 __all__ = ["gram", "style_loss", "style_distance", "gram_vectors", "gram_vector_dim",
            "pairwise_style_distance"]
 
-_ext.register_op("gram", cuda=("triton",), cpu=("reference",),
-                 doc="F F^T / (C H W); Triton: upper-triangle tiles, split-K, fp32 accumulation; "
-                     "fp16/bf16 on CUDA: one cuBLAS bmm (FASTEP_HALF_GEMM)")
-_ext.register_op("gram_diff", cuda=("triton",), cpu=("reference",),
-                 doc="G(x) - G(y) (or - target) in one kernel; behind style_loss/style_distance")
-_ext.register_op("style_loss", cuda=("triton",), cpu=("reference",),
-                 doc="all layers in one op: fused G(x) - G(y) per layer, one GEMM per input in backward")
-_ext.register_op("pairwise_style_distance", cuda=("triton",), cpu=("reference",),
-                 doc="clamp(|x|^2 + |y|^2 - 2 x.y, 0): GEMM with norm/clamp epilogue; "
-                     "fp16/bf16 on CUDA: cuBLAS mm + epilogue (FASTEP_HALF_GEMM)")
-
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 DEFAULT_BLOCK = 8192
+_HALF = _ext.HALF_TYPES
 
 
 def _kernels():
@@ -62,35 +53,25 @@ def _kernels():
     return kg
 
 
-def _use_triton(name: str, *tensors: Tensor) -> bool:
-    t = tensors[0]
-    return (_ext.backend_for(name, t.device) == "triton"
-            and all(x.dtype in _TRITON_DTYPES for x in tensors))
-
-
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ----------------------------------------------------------------------------------------------
-# half-precision GEMMs through cuBLAS
+# the cuBLAS routes
 # ----------------------------------------------------------------------------------------------
-# Measured on an H100 (benchmarks/results/h100-2026-11-23): for bf16 operands cuBLAS beats the
+# Half precision, measured on an H100 (benchmarks/results/h100-2026-11-23): cuBLAS beats the
 # Triton kernels on both plain GEMM-shaped ops -- gram 1.2-4x faster than kernels/gram.py at
 # VGG16 shapes, and the N x D x N GEMM of pairwise_style_distance reaches 748 TFLOP/s against
 # the Triton kernel's 289.  So fp16/bf16 `gram` and `pairwise_style_distance` on CUDA run a
-# cuBLAS GEMM with float32 accumulation plus a small epilogue; float32 stays on the Triton
-# kernels (tf32x3 dots: float32 accuracy at 2-5x cuBLAS's IEEE float32), and so does
-# `style_loss` (its fused G(x) - G(y) kernel has no cuBLAS equivalent).
-# FASTEP_HALF_GEMM=triton keeps half precision on the Triton kernels (benchmarks, debugging).
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _half_gemm_backend() -> str:
-    v = os.environ.get("FASTEP_HALF_GEMM", "cublas").strip().lower()
-    if v not in ("cublas", "triton"):
-        raise ValueError(f"FASTEP_HALF_GEMM: expected 'cublas' or 'triton', got {v!r}")
-    return v
+# cuBLAS GEMM with float32 accumulation plus a small epilogue; `style_loss` keeps its fused
+# G(x) - G(y) Triton kernel (no cuBLAS equivalent).
+#
+# Float32 on CUDA runs cuBLAS too (IEEE float32 unless torch.set_float32_matmul_precision allows
+# TF32): on that H100 run the autotuned Triton float32 Gram kernels were not shown equal to
+# float64 at VGG sizes (tests/ops/test_gram.py::test_cuda_autotuned_vgg_like failed in both dot
+# modes, see README "fp32 Gram on CUDA"), so they are taken only when forced
+# (FASTEP_BACKEND=gram=triton,...) until a GPU run passes that test.
 
 
 @functools.lru_cache(maxsize=None)
@@ -103,12 +84,6 @@ def _has_out_dtype(device_type: str) -> bool:
         return bool(ok)
     except (TypeError, RuntimeError, NotImplementedError):
         return False
-
-
-def _use_cublas(x: Tensor, need_f32_out: bool) -> bool:
-    """Route this half-precision CUDA GEMM to cuBLAS (see above)?"""
-    return (x.is_cuda and x.dtype in _HALF and _half_gemm_backend() == "cublas"
-            and (not need_f32_out or _has_out_dtype("cuda")))
 
 
 def _mm_f32(a: Tensor, b: Tensor) -> Tensor:
@@ -252,13 +227,20 @@ def _sym_times_features(S: Tensor, F: Tensor, coef: float) -> Tensor:
 # fastep::gram
 # ----------------------------------------------------------------------------------------------
 
+def _gram_triton(features: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    return _kernels().gram_launch(features, out_dtype=out_dtype)
+
+
+GRAM = _ext.register_op(
+    "gram", cuda=["cublas"],
+    impls={"cublas": _gram_cublas, "triton": _gram_triton, "reference": _ref.gram_reference},
+    doc="F F^T / (C H W): one cuBLAS bmm with fp32 accumulation (Triton: upper-triangle tiles, "
+        "split-K)")
+
+
 @torch.library.custom_op("fastep::gram", mutates_args=())
 def _gram_op(features: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
-    if _use_triton("gram", features):
-        if _use_cublas(features, need_f32_out=(out_dtype or features.dtype) != features.dtype):
-            return _gram_cublas(features, out_dtype)
-        return _kernels().gram_launch(features, out_dtype=out_dtype)
-    return _ref.gram_reference(features, out_dtype=out_dtype)
+    return GRAM.dispatch(features)(features, out_dtype)
 
 
 @_gram_op.register_fake
@@ -302,22 +284,37 @@ def _gram_f32(features: Tensor) -> Tensor:
 # fastep::gram_diff  (G(x) - G(y), or G(x) - target, float32): behind style_loss / style_distance
 # ----------------------------------------------------------------------------------------------
 
+def _gram_diff_triton(x: Tensor, y: Optional[Tensor] = None, target: Optional[Tensor] = None) -> Tensor:
+    acc = _acc_dtype(x.dtype)
+    kg = _kernels()
+    if y is not None and y.shape == x.shape and y.dtype == x.dtype:
+        return kg.gram_launch(x, y, out_dtype=acc)
+    gx = kg.gram_launch(x, out_dtype=acc)
+    if y is not None:
+        return gx.sub_(kg.gram_launch(y, out_dtype=acc))
+    return gx.sub_(target.to(acc))
+
+
+def _gram_diff_with(gram_fn):
+    def gram_diff(x: Tensor, y: Optional[Tensor] = None, target: Optional[Tensor] = None) -> Tensor:
+        acc = _acc_dtype(x.dtype)
+        gx = gram_fn(x, acc)
+        return gx - (gram_fn(y, acc) if y is not None else target.to(acc))
+    return gram_diff
+
+
+_STYLE_ROUTES = [("triton", _HALF), "cublas"]  # float32: see "the cuBLAS routes" above
+GRAM_DIFF = _ext.register_op(
+    "gram_diff", cuda=_STYLE_ROUTES,
+    impls={"triton": _gram_diff_triton, "cublas": _gram_diff_with(_gram_cublas),
+           "reference": _gram_diff_with(_ref.gram_reference)},
+    doc="G(x) - G(y) (or - target) in one kernel; behind style_distance")
+
+
 @torch.library.custom_op("fastep::gram_diff", mutates_args=())
 def _gram_diff_op(x: Tensor, y: Optional[Tensor] = None, target: Optional[Tensor] = None) -> Tensor:
-    acc = _acc_dtype(x.dtype)
-    if _use_triton("gram_diff", x) and x.dtype in _TRITON_DTYPES:
-        kg = _kernels()
-        if y is not None and y.shape == x.shape and y.dtype == x.dtype:
-            return kg.gram_launch(x, y, out_dtype=acc)
-        gx = kg.gram_launch(x, out_dtype=acc)
-        if y is not None:
-            gy = kg.gram_launch(y, out_dtype=acc) if y.dtype in _TRITON_DTYPES else _ref.gram_reference(y, acc)
-            return gx.sub_(gy.to(acc))
-        return gx.sub_(target.to(acc))
-    gx = _ref.gram_reference(x, out_dtype=acc)
-    if y is not None:
-        return gx - _ref.gram_reference(y, out_dtype=acc).to(acc)
-    return gx - target.to(acc)
+    tensors = [t for t in (x, y) if t is not None]
+    return GRAM_DIFF.dispatch(*tensors)(x, y, target)
 
 
 @_gram_diff_op.register_fake
@@ -402,23 +399,33 @@ def _layer_diffs(feats_x, feats_y, target_grams) -> List[Tensor]:
 # differences kept in one flat float32 buffer for the backward, one GEMM per input in backward)
 # ----------------------------------------------------------------------------------------------
 
+def _gram_diff_into_triton(out: Tensor, x: Tensor, y: Optional[Tensor], target: Optional[Tensor]) -> None:
+    kg = _kernels()
+    if y is not None and y.shape == x.shape and y.dtype == x.dtype:
+        kg.gram_launch(x, y, out=out)
+        return
+    kg.gram_launch(x, out=out)
+    out.sub_(kg.gram_launch(y, out_dtype=out.dtype) if y is not None else target.to(out.dtype))
+
+
+def _gram_diff_into_with(gram_fn):
+    def gram_diff_into(out: Tensor, x: Tensor, y: Optional[Tensor], target: Optional[Tensor]) -> None:
+        acc = out.dtype
+        torch.sub(gram_fn(x, acc), gram_fn(y, acc) if y is not None else target.to(acc), out=out)
+    return gram_diff_into
+
+
+STYLE_LOSS = _ext.register_op(
+    "style_loss", cuda=_STYLE_ROUTES,
+    impls={"triton": _gram_diff_into_triton, "cublas": _gram_diff_into_with(_gram_cublas),
+           "reference": _gram_diff_into_with(_ref.gram_reference)},
+    doc="all layers in one op: fused G(x) - G(y) per layer, one GEMM per input in backward")
+
+
 def _gram_diff_into(out: Tensor, x: Tensor, y: Optional[Tensor], target: Optional[Tensor]) -> None:
     """out[:] = G(x) - G(y)  (or G(x) - target), accumulated in out's dtype (float32/64)."""
-    acc = out.dtype
-    if _use_triton("style_loss", x):
-        kg = _kernels()
-        if y is not None and y.shape == x.shape and y.dtype == x.dtype:
-            kg.gram_launch(x, y, out=out)
-            return
-        kg.gram_launch(x, out=out)
-        if y is not None:
-            gy = kg.gram_launch(y, out_dtype=acc) if y.dtype in _TRITON_DTYPES else _ref.gram_reference(y, acc)
-            out.sub_(gy)
-        else:
-            out.sub_(target.to(acc))
-        return
-    torch.sub(_ref.gram_reference(x, out_dtype=acc),
-              _ref.gram_reference(y, out_dtype=acc) if y is not None else target.to(acc), out=out)
+    tensors = [t for t in (x, y) if t is not None]
+    STYLE_LOSS.dispatch(*tensors)(out, x, y, target)
 
 
 def _layer_numel(x: Tensor) -> int:
@@ -590,8 +597,7 @@ def gram_vector_dim(channels: Sequence[int]) -> int:
     >>> gram_vector_dim([64, 128, 256, 512, 512])
     305888
 
-    (SPEC.md quotes 305,216 for VGG16; its own formula gives 2080 + 8256 + 32896 + 2 * 131328 =
-    305,888.)
+    (VGG16: 2080 + 8256 + 32896 + 2 * 131328 = 305,888.)
     """
     if isinstance(channels, int):
         channels = [channels]
@@ -653,30 +659,6 @@ def gram_vectors(features: Sequence[Tensor], weights: Optional[Sequence[float]] 
 # fastep::pairwise_style_distance
 # ----------------------------------------------------------------------------------------------
 
-def _pairwise_plain(x: Tensor, y: Optional[Tensor], block: int) -> Tensor:
-    """Blockwise plain-PyTorch |x|^2 + |y|^2 - 2 x.y (rows of x in blocks), clamped."""
-    acc = _acc_dtype(x.dtype)
-    yacc = (x if y is None else y).to(acc)
-    ny = yacc.square().sum(1)
-    out = torch.empty((x.shape[0], yacc.shape[0]), dtype=acc, device=x.device)
-    yt = yacc.T
-    for r in range(0, x.shape[0], block):
-        xb = x[r:r + block].to(acc)
-        ob = out[r:r + block]
-        torch.mm(xb, yt, out=ob)
-        ob.mul_(-2.0).add_(xb.square().sum(1)[:, None] + ny[None, :]).clamp_min_(0)
-    if y is None:  # exactly symmetric, exactly zero diagonal
-        out = torch.triu(out, 1)
-        out = out + out.T
-    return out
-
-
-def _pairwise_triton(x: Tensor, y: Optional[Tensor], block: int) -> Tensor:
-    if _use_cublas(x, need_f32_out=True):
-        return _pairwise_blocks(_pairwise_cublas, x, y, block)
-    return _pairwise_blocks(_kernels().pairwise_launch, x, y, block)
-
-
 def _pairwise_blocks(launch, x: Tensor, y: Optional[Tensor], block: int) -> Tensor:
     """``launch(x_rows, y)`` on ``block`` rows of x at a time; the self-distance runs the
     diagonal blocks as self-distances and mirrors the blocks above them."""
@@ -697,11 +679,18 @@ def _pairwise_blocks(launch, x: Tensor, y: Optional[Tensor], block: int) -> Tens
     return out
 
 
+PAIRWISE = _ext.register_op(
+    "pairwise_style_distance", cuda=["cublas"],
+    impls={"cublas": lambda x, y, block: _pairwise_blocks(_pairwise_cublas, x, y, block),
+           "triton": lambda x, y, block: _pairwise_blocks(_kernels().pairwise_launch, x, y, block),
+           "reference": _ref.pairwise_style_distance_reference},
+    doc="clamp(|x|^2 + |y|^2 - 2 x.y, 0): one cuBLAS mm + epilogue (Triton: GEMM with a "
+        "norm/clamp epilogue, upper-triangle tiles for the self-distance)")
+
+
 @torch.library.custom_op("fastep::pairwise_style_distance", mutates_args=())
 def _pairwise_op(gx: Tensor, gy: Optional[Tensor] = None, block: int = DEFAULT_BLOCK) -> Tensor:
-    if _use_triton("pairwise_style_distance", gx):
-        return _pairwise_triton(gx, gy, block)
-    return _pairwise_plain(gx, gy, block)
+    return PAIRWISE.dispatch(gx)(gx, gy, block)
 
 
 @_pairwise_op.register_fake

@@ -24,20 +24,6 @@ from . import reference as _ref
 
 __all__ = ["weighted_feature_distance", "lpips_distance"]
 
-_ext.register_op("weighted_feature_distance", cuda=("triton",), cpu=("reference",),
-                 doc="sum_l w_l mean|x_l - y_l|^p over layers (PerceptualLoss)")
-_ext.register_op("lpips_distance", cuda=("triton",), cpu=("reference",),
-                 doc="LPIPS normalise/diff/lin/mean over layers")
-
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _use_triton(name: str, tensors: Sequence[Tensor]) -> bool:
-    if not tensors or _ext.backend_for(name, tensors[0].device) != "triton":
-        return False
-    return all(t.dtype in _TRITON_DTYPES for t in tensors)
-
-
 def _kernels():
     from ..kernels import reductions as K  # imported lazily: Triton is optional
 
@@ -59,11 +45,20 @@ def _out_dtype(t: Tensor) -> torch.dtype:
 # ---------------------------------------------------------------------------------------------
 # weighted_feature_distance
 # ---------------------------------------------------------------------------------------------
+WFD = _ext.register_op(
+    "weighted_feature_distance", cuda=["triton"],
+    impls={"triton": lambda *a: _kernels().weighted_feature_distance_fwd(*a),
+           "reference": _ref.weighted_feature_distance_reference},
+    doc="sum_l w_l mean|x_l - y_l|^p over layers in one launch (PerceptualLoss)")
+WFD_BACKWARD = _ext.register_op(
+    "weighted_feature_distance_backward", follows="weighted_feature_distance",
+    impls={"triton": lambda *a: _kernels().weighted_feature_distance_bwd(*a),
+           "reference": _ref.weighted_feature_distance_backward_reference})
+
+
 @torch.library.custom_op("fastep::weighted_feature_distance", mutates_args=())
 def _wfd(xs: List[Tensor], ys: List[Tensor], weights: List[float], p: int) -> Tensor:
-    if _use_triton("weighted_feature_distance", list(xs) + list(ys)):
-        return _kernels().weighted_feature_distance_fwd(xs, ys, weights, p).to(_out_dtype(xs[0]))
-    return _ref.weighted_feature_distance_reference(xs, ys, weights, p).to(_out_dtype(xs[0]))
+    return WFD.dispatch(*xs, *ys)(xs, ys, weights, p).to(_out_dtype(xs[0]))
 
 
 @_wfd.register_fake
@@ -74,11 +69,7 @@ def _wfd_fake(xs, ys, weights, p):
 @torch.library.custom_op("fastep::weighted_feature_distance_backward", mutates_args=())
 def _wfd_bwd(grad: Tensor, xs: List[Tensor], ys: List[Tensor], weights: List[float], p: int,
              need_gx: bool, need_gy: bool) -> List[Tensor]:
-    if _use_triton("weighted_feature_distance", list(xs) + list(ys)):
-        gxs, gys = _kernels().weighted_feature_distance_bwd(grad, xs, ys, weights, p, need_gx, need_gy)
-    else:
-        gxs, gys = _ref.weighted_feature_distance_backward_reference(grad, xs, ys, weights, p,
-                                                                     need_gx, need_gy)
+    gxs, gys = WFD_BACKWARD.dispatch(*xs, *ys)(grad, xs, ys, weights, p, need_gx, need_gy)
     return [_like(g, x) for g, x in zip(gxs or [], xs)] + [_like(g, y) for g, y in zip(gys or [], ys)]
 
 
@@ -174,11 +165,29 @@ def weighted_feature_distance(xs: Sequence[Tensor], ys: Sequence[Tensor],
 # ---------------------------------------------------------------------------------------------
 # lpips_distance
 # ---------------------------------------------------------------------------------------------
+def _lpips_bwd_triton(grad, f0s, f1s, lin_weights, eps, need_g0, need_g1):
+    K = _kernels()
+    g0s, g1s = [], []
+    for f0, f1, w in zip(f0s, f1s, lin_weights):
+        g0, g1 = K.lpips_layer_bwd(grad, f0, f1, w, eps, need_g0, need_g1)
+        g0s.append(g0)
+        g1s.append(g1)
+    return g0s, g1s
+
+
+LPIPS = _ext.register_op(
+    "lpips_distance", cuda=["triton"],
+    impls={"triton": lambda *a: _kernels().lpips_fwd(*a),
+           "reference": lambda *a: _ref.lpips_distance_reference(*a).contiguous()},
+    doc="LPIPS normalise/diff/lin/mean over layers")
+LPIPS_BACKWARD = _ext.register_op(
+    "lpips_distance_backward", follows="lpips_distance",
+    impls={"triton": _lpips_bwd_triton, "reference": _ref.lpips_distance_backward_reference})
+
+
 @torch.library.custom_op("fastep::lpips_distance", mutates_args=())
 def _lpips(f0s: List[Tensor], f1s: List[Tensor], lin_weights: List[Tensor], eps: float) -> Tensor:
-    if _use_triton("lpips_distance", list(f0s) + list(f1s)):
-        return _kernels().lpips_fwd(f0s, f1s, lin_weights, eps).to(_out_dtype(f0s[0]))
-    return _ref.lpips_distance_reference(f0s, f1s, lin_weights, eps).to(_out_dtype(f0s[0])).contiguous()
+    return LPIPS.dispatch(*f0s, *f1s)(f0s, f1s, lin_weights, eps).to(_out_dtype(f0s[0]))
 
 
 @_lpips.register_fake
@@ -189,15 +198,7 @@ def _lpips_fake(f0s, f1s, lin_weights, eps):
 @torch.library.custom_op("fastep::lpips_distance_backward", mutates_args=())
 def _lpips_bwd(grad: Tensor, f0s: List[Tensor], f1s: List[Tensor], lin_weights: List[Tensor], eps: float,
                need_g0: bool, need_g1: bool) -> List[Tensor]:
-    if _use_triton("lpips_distance", list(f0s) + list(f1s)):
-        K = _kernels()
-        g0s, g1s = [], []
-        for f0, f1, w in zip(f0s, f1s, lin_weights):
-            g0, g1 = K.lpips_layer_bwd(grad, f0, f1, w, eps, need_g0, need_g1)
-            g0s.append(g0)
-            g1s.append(g1)
-    else:
-        g0s, g1s = _ref.lpips_distance_backward_reference(grad, f0s, f1s, lin_weights, eps, need_g0, need_g1)
+    g0s, g1s = LPIPS_BACKWARD.dispatch(*f0s, *f1s)(grad, f0s, f1s, lin_weights, eps, need_g0, need_g1)
     return ([_like(g, f) for g, f in zip(g0s, f0s)] if need_g0 else []) + \
            ([_like(g, f) for g, f in zip(g1s, f1s)] if need_g1 else [])
 

@@ -111,8 +111,14 @@ def test_gram_forward_backward(device, shape, layout):
 
 
 @pytest.mark.cuda
-def test_gram_cuda_uses_triton():
-    assert _ext.backend_for("gram", "cuda") == "triton"
+def test_gram_cuda_routes():
+    """gram and pairwise run cuBLAS on CUDA for every float dtype; style_loss runs the fused
+    Triton kernels in half precision and cuBLAS in float32; float64 runs the reference."""
+    for dt in (torch.float32, torch.float16, torch.bfloat16):
+        assert _ext.backend_for("gram", "cuda", dt) == "cublas"
+        assert _ext.backend_for("pairwise_style_distance", "cuda", dt) == "cublas"
+        assert _ext.backend_for("style_loss", "cuda", dt) == ("cublas" if dt == torch.float32 else "triton")
+    assert _ext.backend_for("gram", "cuda", torch.float64) == "reference"
     f = torch.randn(2, 64, 16, 16, device="cuda")
     with _ext.force_backend("reference"):
         ref = fastep.gram(f)
@@ -161,21 +167,18 @@ def test_pairwise_cublas_route(device, dtype):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_gemm_routing_cuda(dtype, monkeypatch):
-    """Half-precision gram / pairwise on CUDA take the cuBLAS route unless FASTEP_HALF_GEMM=triton."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_gemm_routing_cuda(dtype, monkeypatch):
+    """gram / pairwise on CUDA take the cuBLAS route unless the Triton kernels are forced
+    (FASTEP_BACKEND=gram=triton,pairwise_style_distance=triton)."""
     f = make_features((2, 96, 12, 12), dtype, "cuda", "channels_last")
     x = torch.randn(40, 333, device="cuda").to(dtype)
     assert torch.equal(fastep.gram(f), G._gram_cublas(f))
-    if G._has_out_dtype("cuda"):
-        assert torch.equal(fastep.pairwise_style_distance(x), G._pairwise_cublas(x))
-    monkeypatch.setenv("FASTEP_HALF_GEMM", "triton")
+    assert torch.equal(fastep.pairwise_style_distance(x), G._pairwise_cublas(x))
+    monkeypatch.setenv("FASTEP_BACKEND", "gram=triton,pairwise_style_distance=triton")
     from fastep.kernels.gram import gram_launch, pairwise_launch
     assert torch.equal(fastep.gram(f), gram_launch(f))
     assert torch.equal(fastep.pairwise_style_distance(x), pairwise_launch(x))
-    monkeypatch.setenv("FASTEP_HALF_GEMM", "bogus")
-    with pytest.raises(ValueError, match="FASTEP_HALF_GEMM"):
-        fastep.gram(f)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,17 +331,19 @@ def _pairwise_bound(x, y):
 
 
 @pytest.fixture(params=["cublas", "triton"])
-def half_gemm(request, monkeypatch):
-    """Both routes of half-precision GEMMs on CUDA (FASTEP_HALF_GEMM); CPU has one route."""
-    monkeypatch.setenv("FASTEP_HALF_GEMM", request.param)
+def gemm_route(request, monkeypatch):
+    """Both routes of pairwise_style_distance on CUDA (cuBLAS, or the Triton kernel forced);
+    CPU has one route."""
+    if request.param == "triton":
+        monkeypatch.setenv("FASTEP_BACKEND", "pairwise_style_distance=triton")
     return request.param
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_pairwise_style_distance(device, dtype, half_gemm):
-    if device == "cpu" and half_gemm == "triton":
-        pytest.skip("FASTEP_HALF_GEMM only routes CUDA tensors")
+def test_pairwise_style_distance(device, dtype, gemm_route):
+    if device == "cpu" and gemm_route == "triton":
+        pytest.skip("the Triton route of CUDA tensors")
     m, n, d = 19, 7, 300
     x = torch.randn(m, d, device=device).to(dtype)
     y = torch.randn(n, d, device=device).to(dtype)
@@ -616,29 +621,92 @@ def test_public_ops_on_triton_backend(triton_device):
 # CUDA only: autotuned kernels, VGG-like sizes (split-K, several tile pairs), fp32 dot modes
 # ----------------------------------------------------------------------------------------------
 
+# VGG-like shapes of the H100 run where the autotuned float32 kernels were reported FAILED
+VGG_GRAM_CASES = [((2, 64, 96, 96), "channels_last"), ((3, 256, 24, 24), "contiguous"),
+                  ((2, 512, 16, 16), "channels_last"), ((2, 130, 20, 20), "sliced")]
+VGG_PAIR_CASES = [(8, 8), (64, 40), (300, 260)]
+H100_PROGRAMS = 2 * 132  # what the launchers' split-K heuristic aims at on an H100
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("block_k", [32, 64, 128])  # every BLOCK_K of the autotune configs
+@pytest.mark.parametrize("case", VGG_GRAM_CASES, ids=str)
+def test_gram_kernel_autotune_configs_at_vgg_shapes(triton_device, case, block_k):
+    """The float32 Gram kernel at the failing H100 shapes with the CUDA launcher's tile (64 x 64)
+    and split-K choices and each autotuned BLOCK_K: masking, split partial sums, mirrored tiles
+    and strided layouts against float64 (the interpreter cannot check GPU code generation)."""
+    from fastep.kernels.gram import choose_split, gram_launch
+
+    shape, layout = case
+    n, c, h, w = shape
+    k = h * w
+    tiles = -(-c // 64)
+    split, _ = choose_split(n * tiles * (tiles + 1) // 2, k, H100_PROGRAMS, min_chunk=512)
+    x = make_features(shape, torch.float32, triton_device, layout)
+    y = make_features(shape, torch.float32, triton_device, layout)
+    x64, y64 = x.double(), y.double()
+    g = gram_launch(x, block_m=64, block_k=block_k, split_k=split)
+    assert_elementwise(g, R.gram_reference(x64), gram_mag(x64), k, torch.float32)
+    assert torch.equal(g, g.transpose(1, 2))
+    d = gram_launch(x, y, out_dtype=torch.float32, block_m=64, block_k=block_k, split_k=split)
+    assert_elementwise(d, R.gram_reference(x64) - R.gram_reference(y64),
+                       gram_mag(x64) + gram_mag(y64), k, torch.float32)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("block_k", [32, 128])
+@pytest.mark.parametrize("case", VGG_PAIR_CASES[:2], ids=str)
+def test_pairwise_kernel_autotune_configs_at_vgg_shapes(triton_device, case, block_k):
+    from fastep.kernels.gram import choose_split, pairwise_launch
+
+    m, n = case
+    d = G.gram_vector_dim([64, 128, 256])
+    bm = 16 if min(m, n) <= 16 else 32 if min(m, n) <= 32 else 64
+    tm, tn = -(-m // bm), -(-n // bm)
+    split, _ = choose_split(tm * tn, d, H100_PROGRAMS, min_chunk=2048)
+    a = torch.randn(m, d, device=triton_device)
+    b = torch.randn(n, d, device=triton_device)
+    out = pairwise_launch(a, b, block_m=bm, block_k=block_k, split_k=split)
+    assert ((out.double() - R.pairwise_style_distance_direct(a, b)).abs() <= _pairwise_bound(a, b)).all()
+
+
 @pytest.mark.cuda
 @pytest.mark.triton
 @pytest.mark.parametrize("fp32_dot", ["tf32x3", "ieee"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_autotuned_vgg_like(monkeypatch, fp32_dot, dtype):
-    from fastep.kernels.gram import gram_launch, pairwise_launch
+@pytest.mark.parametrize("case", VGG_GRAM_CASES, ids=str)
+def test_cuda_autotuned_vgg_like(monkeypatch, case, fp32_dot, dtype):
+    """The autotuned Gram kernels at VGG-like sizes (one shape per test, so that a slow first
+    autotuning compile cannot be mistaken for a wrong result)."""
+    from fastep.kernels.gram import gram_launch
 
     if dtype != torch.float32 and fp32_dot != "tf32x3":
         pytest.skip("the fp32 dot mode only matters for float32")
     monkeypatch.setenv("FASTEP_FP32_DOT", fp32_dot)
-    for shape, layout in [((2, 64, 96, 96), "channels_last"), ((3, 256, 24, 24), "contiguous"),
-                          ((2, 512, 16, 16), "channels_last"), ((2, 130, 20, 20), "sliced")]:
-        x = make_features(shape, dtype, "cuda", layout)
-        y = make_features(shape, dtype, "cuda", layout)
-        x64, y64 = x.double(), y.double()
-        k = shape[2] * shape[3]
-        g = gram_launch(x, autotune=True)
-        assert_elementwise(g, R.gram_reference(x64), gram_mag(x64), k, dtype)
-        d = gram_launch(x, y, out_dtype=torch.float32, autotune=True)
-        assert_elementwise(d, R.gram_reference(x64) - R.gram_reference(y64),
-                           gram_mag(x64) + gram_mag(y64), k, torch.float32)
+    shape, layout = case
+    x = make_features(shape, dtype, "cuda", layout)
+    y = make_features(shape, dtype, "cuda", layout)
+    x64, y64 = x.double(), y.double()
+    k = shape[2] * shape[3]
+    g = gram_launch(x, autotune=True)
+    assert_elementwise(g, R.gram_reference(x64), gram_mag(x64), k, dtype)
+    d = gram_launch(x, y, out_dtype=torch.float32, autotune=True)
+    assert_elementwise(d, R.gram_reference(x64) - R.gram_reference(y64),
+                       gram_mag(x64) + gram_mag(y64), k, torch.float32)
+
+
+@pytest.mark.cuda
+@pytest.mark.triton
+@pytest.mark.parametrize("fp32_dot", ["tf32x3", "ieee"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_autotuned_pairwise_vgg_like(monkeypatch, fp32_dot, dtype):
+    from fastep.kernels.gram import pairwise_launch
+
+    if dtype != torch.float32 and fp32_dot != "tf32x3":
+        pytest.skip("the fp32 dot mode only matters for float32")
+    monkeypatch.setenv("FASTEP_FP32_DOT", fp32_dot)
     d = G.gram_vector_dim([64, 128, 256])
-    for m, n in [(8, 8), (64, 40), (300, 260)]:
+    for m, n in VGG_PAIR_CASES:
         a = torch.randn(m, d, device="cuda").to(dtype)
         b = torch.randn(n, d, device="cuda").to(dtype)
         out = pairwise_launch(a, b, autotune=True)

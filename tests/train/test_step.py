@@ -267,8 +267,8 @@ def test_eager_fp32_baseline_uses_reference_ops(monkeypatch):
     seen = []
     real = _ext.backend_for
 
-    def spy(name, device):
-        b = real(name, device)
+    def spy(name, device, dtype=None):
+        b = real(name, device, dtype)
         seen.append(b)
         return b
 
