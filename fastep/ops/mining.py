@@ -8,7 +8,8 @@ materialising the N x N distance matrix:
 The three passes are :func:`_statistics_pass`, :func:`_candidate_pass` and
 :func:`_certify_and_rerank` (settings fixed once by :func:`_prepare`):
 
-1. **Statistics pass**: the mean vector mu (float64, rounded once to float32) and per row the
+1. **Statistics pass**: the mean vector mu (float64, of at most 8192 evenly spaced rows, rounded
+   once to float32) and per row the
    norms |c_i|_2 and |c_i|_4 of the centred vectors c_i = x_i - mu.  Distances are translation
    invariant; centring shrinks |c| and therefore the rounding error of the GEMM (Gram vectors of
    natural images are strongly correlated).
@@ -64,6 +65,7 @@ _ext.register_op("sqdist_tile", cuda=("triton",), cpu=("reference",),
                  doc="squared-distance tile from a GEMM with norm/clamp epilogue (+ transpose)")
 
 _EMPTY = torch.iinfo(torch.int64).max
+_MEAN_SAMPLE = 8192  # rows of the centring mean (see _centring_mean)
 _CPU_SEG_K = 8192  # CPU GEMMs accumulate float32 over this many columns, then float64 (MKL runs
 # K = 8192 chunks at the plain-GEMM rate on 2 cores; 2048 was ~30% slower)
 
@@ -463,7 +465,8 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
                     memory_budget: Optional[int] = None, distance: Union[str, Callable] = "style",
                     compute_dtype: Optional[torch.dtype] = None, margin: int = 8,
                     bound: str = "probabilistic", lam: float = 8.0, rerank: str = "ambiguous",
-                    block_rows: Optional[int] = None, progress: bool = False) -> Neighbours:
+                    block_rows: Optional[int] = None, progress: bool = False,
+                    process_group=None, work_dir=None) -> Neighbours:
     """Exact k nearest (self excluded) and k furthest neighbours of every row of ``vectors``.
 
     Args:
@@ -484,11 +487,31 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
             approximation cannot decide (distances elsewhere carry the bound); ``"all"`` for
             every returned pair.
         block_rows: force the row-block size (tests); default from ``memory_budget``.
-        progress: show a tqdm bar over tile pairs.
+        progress: show a tqdm bar over tile pairs (one bar, on rank 0, when distributed).
+        process_group: a ``torch.distributed`` process group (e.g. ``torch.distributed.group.WORLD``
+            under ``torchrun``): every rank calls with the same arguments and the work is shared
+            (:mod:`fastep.ops.mining_distributed`); every rank gets the whole result, equal bit
+            for bit to one process's with the same ``memory_budget`` / ``block_rows``.
+            ``vectors`` should then be a ``.npy`` path or memmap on storage every rank sees (each
+            rank reads only the row blocks its tiles need).
+        work_dir: (distributed) folder for each rank's resume file: a rank killed and started
+            again continues from its last checkpoint (every minute), a finished rank redoes
+            nothing.  The caller removes the folder after success.
 
     Returns:
         :class:`Neighbours` with CPU tensors.
     """
+    if process_group is not None:
+        from . import mining_distributed as _dist
+
+        def prepare(budget=memory_budget):
+            return _prepare(vectors, k_near, k_far, device=device, memory_budget=budget,
+                            distance=distance, compute_dtype=compute_dtype, margin=margin,
+                            bound=bound, rerank=rerank, block_rows=block_rows)
+        src, plan = prepare()
+        return _dist.mine_distributed(src, plan, process_group, bound=bound, lam=lam, rerank=rerank,
+                                      margin=margin, progress=progress, work_dir=work_dir,
+                                      redo=lambda b: prepare(b)[1])
     src, plan = _prepare(vectors, k_near, k_far, device=device, memory_budget=memory_budget,
                          distance=distance, compute_dtype=compute_dtype, margin=margin, bound=bound,
                          rerank=rerank, block_rows=block_rows)
@@ -623,23 +646,47 @@ def _prepare(vectors, k_near, k_far, *, device, memory_budget, distance, compute
 
 
 def _statistics_pass(src: _Source, plan: _Plan, stage: "_Stager") -> _Stats:
-    """Pass 1: the mean mu (float64 sum, rounded once to float32) and the centred norms
+    """Pass 1: the centring vector mu (:func:`_centring_mean`) and the centred norms
     |c_i|_2^2, |c_i|_4 of every row (and the resident centred copy when it fits)."""
-    n, dim, device, stat_rows = plan.n, plan.dim, plan.device, plan.stat_rows
-    total = torch.zeros(dim, dtype=torch.float64, device=device)
-    for s in range(0, n, stat_rows):
-        x = src.rows(s, min(n, s + stat_rows), device, stage)
-        if plan.cpp_stats and x.dtype == torch.float32:
-            total += torch.ops.fastep_C.colsum64(x)
-        else:
-            total += x.sum(0, dtype=torch.float64)
-        del x
-    mu32 = (total / n).float()
-    xall = _empty_rows(n, dim, plan.compute_dtype, device) if plan.resident else None
+    n = plan.n
+    mu32 = _centring_mean(src, plan, stage)
+    xall = _empty_rows(n, plan.dim, plan.compute_dtype, plan.device) if plan.resident else None
     sq = torch.empty(n, dtype=torch.float64)
     q4 = torch.empty(n, dtype=torch.float64)
     _centred_norms(src, plan, stage, mu32, 0, n, sq, q4, xall)
     return _Stats(mu32=mu32, sq=sq, q4=q4, xall=xall)
+
+
+def _centring_mean(src: _Source, plan: _Plan, stage: "_Stager") -> Tensor:
+    """mu: the float64 mean of every s-th row, s = ceil(N / _MEAN_SAMPLE) (all rows up to
+    _MEAN_SAMPLE), summed in a fixed chunk order and rounded once to float32.
+
+    Any fixed vector keeps the distances exact (they are translation invariant, and the bound
+    uses the norms of the vectors centred on mu); the mean only makes |c| small.  A sample's
+    mean differs from the full mean by ~sigma / sqrt(_MEAN_SAMPLE) per coordinate, which adds
+    ~1 / _MEAN_SAMPLE to |c|^2: negligible, and the result depends only on the data (not on a
+    summation order that a sharded run would change), which is what makes a run over several
+    processes give the same bytes as one process."""
+    n, dim, device = plan.n, plan.dim, plan.device
+    step = -(-n // _MEAN_SAMPLE)
+    total = torch.zeros(dim, dtype=torch.float64, device=device)
+    if step == 1:
+        chunks = ((s, min(n, s + plan.stat_rows)) for s in range(0, n, plan.stat_rows))
+        load = lambda s, e: src.rows(s, e, device, stage)  # noqa: E731
+    else:
+        idx = torch.arange(0, n, step)
+        chunks = ((s, min(idx.numel(), s + plan.stat_rows)) for s in range(0, idx.numel(), plan.stat_rows))
+        load = lambda s, e: src.gather(idx[s:e], device)  # noqa: E731
+    count = 0
+    for s, e in chunks:
+        x = load(s, e)
+        if plan.cpp_stats and x.dtype == torch.float32 and x.device.type == "cpu":
+            total += torch.ops.fastep_C.colsum64(x.contiguous())
+        else:
+            total += x.sum(0, dtype=torch.float64)
+        count += e - s
+        del x
+    return (total / count).float()
 
 
 def _centred_norms(src: _Source, plan: _Plan, stage: "_Stager", mu32: Tensor, start: int, stop: int,
