@@ -37,6 +37,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 STATE_VERSION = 1
+NPZ_FORMAT = 1  # provenance["npz_format"]: arrays of numbers and strings only, provenance as JSON text
 
 
 class MineError(RuntimeError):
@@ -65,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="GiB of device memory for mining tiles (default: 60%% of free CUDA memory / 2 GiB CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--keep-work", action="store_true", help="keep the work folder after success")
+    p.add_argument("--dist-timeout", type=float, default=1800.0,
+                   help="under torchrun: seconds a rank waits for the others before it stops with a "
+                        "message (default 1800)")
     # testing aid: stop (exit code 3) after this many chunks were finished in this run
     p.add_argument("--stop-after-chunks", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -136,20 +140,227 @@ def _detect_format(paths: List[Path]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+class _Dist:
+    """The ranks of a ``torchrun`` job (WORLD_SIZE > 1 in the environment), or one process."""
+
+    def __init__(self, args):
+        self.world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        self.rank = int(os.environ.get("RANK", "0") or 0)
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        self.group = None
+        self.comm = None
+        if self.world <= 1:
+            self.world, self.rank = 1, 0
+            return
+        import datetime
+
+        import torch
+        import torch.distributed as dist
+
+        from .ops.mining_distributed import _Comm
+
+        want_cuda = args.device == "cuda" or (args.device is None and torch.cuda.is_available())
+        if want_cuda and torch.cuda.is_available():
+            torch.cuda.set_device(self.local_rank % torch.cuda.device_count())
+        backend = "nccl" if want_cuda and torch.cuda.is_available() else "gloo"
+        try:
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.dist_timeout))
+        except (RuntimeError, ValueError) as err:
+            raise MineError(f"rank {self.rank}: could not join the torchrun job: "
+                            f"{str(err).strip().splitlines()[0][:200]}") from None
+        self.group = dist.group.WORLD
+        self.comm = _Comm(self.group)
+
+    @property
+    def on(self) -> bool:
+        return self.world > 1
+
+    def barrier(self, step: str) -> None:
+        if self.on:
+            import torch
+            self.comm.all_reduce(step, torch.zeros(1))
+
+    def agree(self, key: Optional[str], error: Optional[Exception]) -> None:
+        """Every rank must have prepared the same run: exchange a flag + the SHA-256 of its
+        inputs; a rank that failed raises its own error, the others a one-line MineError."""
+        if not self.on:
+            if error is not None:
+                raise error
+            return
+        import torch
+        digest = bytes(32) if key is None else hashlib.sha256(key.encode()).digest()
+        mine = torch.tensor([0 if error is None else 1] + list(digest), dtype=torch.uint8)
+        got = self.comm.all_gather("checking that every rank sees the same inputs", mine)
+        if error is not None:
+            raise error
+        failed = [r for r in range(self.world) if got[r][0] != 0]
+        if failed:
+            raise MineError(f"rank(s) {failed} stopped with an error (see their message)")
+        differ = [r for r in range(self.world) if not torch.equal(got[r], got[0])]
+        if differ:
+            raise MineError(f"rank(s) {differ} see different inputs than rank 0 (DATA folder contents, "
+                            f"--k-near/--k-far or other options differ); every rank must run the same "
+                            f"command on the same data")
+
+    def close(self) -> None:
+        if self.on:
+            import torch.distributed as dist
+            try:
+                dist.destroy_process_group()
+            except Exception:  # noqa: BLE001 - already broken by a failed rank
+                pass
+
+
 def run(args) -> int:
+    from .ops.mining_distributed import DistributedMiningError
+
+    ctx = None
     try:
-        return _run(args)
+        ctx = _Dist(args)
+        return _run(args, ctx)
     except MineError as err:
-        print(f"fastep mine: error: {err}", file=sys.stderr)
+        rank = f"rank {ctx.rank}: " if ctx is not None and ctx.on and not str(err).startswith("rank") else ""
+        print(f"fastep mine: error: {rank}{err}", file=sys.stderr)
         return 2
+    except DistributedMiningError as err:
+        print(f"fastep mine: error: {str(err).replace('mine_neighbours: ', '')}", file=sys.stderr)
+        return 2
+    finally:
+        if ctx is not None:
+            ctx.close()
 
 
-def _run(args) -> int:
+def _run(args, ctx: "_Dist") -> int:
     import torch
 
     from . import __version__
-    from .data.images import ImageReadError, list_images
+    from .data.images import ImageReadError
     from .ops.mining import mine_neighbours, sample_triplets
+
+    try:
+        prep = _prepare(args, ctx)
+        error = None
+    except MineError as err:
+        prep, error = None, err
+    ctx.agree(None if prep is None else json.dumps(prep["key"], sort_keys=True), error)
+    paths, rel, fmt, device, chunk, work, net, dim, weights_desc, config = (
+        prep[k] for k in ("paths", "rel", "fmt", "device", "chunk", "work", "net", "dim",
+                          "weights_desc", "config"))
+    n_all = len(paths)
+    need = max(args.k_near, args.k_far) + 1
+    from .features import style_features
+
+    vec_path = work / "vectors.npy"
+    if ctx.rank == 0:
+        state = _read_state(work / "state.json", config)
+        if state is None or not vec_path.exists():
+            for f in work.glob("state.rank*.json"):
+                f.unlink()
+            np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(n_all, dim)).flush()
+            _atomic_json(work / "state.json", dict(config=config, done=[], bad={}))
+    ctx.barrier("creating the work folder")
+    done, bad = _read_done(work, config)
+    own_path = work / ("state.json" if not ctx.on else f"state.rank{ctx.rank:05d}.json")
+    own = _read_state(own_path, config) or dict(config=config, done=[], bad={})
+    offset = np.load(vec_path, mmap_mode="r").offset
+
+    # ---- Gram vectors, chunk by chunk (resumable; shared by image over the ranks) -----------
+    chunks = list(range(0, n_all, chunk))
+    todo = [c for c in chunks if c not in done][ctx.rank::ctx.world]
+    left = [c for c in chunks if c not in done]
+    progress = not args.no_progress
+    from .ops.mining_distributed import _Progress
+    bar = _Progress(ctx.comm, n_all, sum(min(chunk, n_all - c) for c in todo), progress,
+                    f"fastep_mine/{config['image_list_sha256'][:16]}/gram", desc="Gram vectors",
+                    unit="img", initial=n_all - sum(min(chunk, n_all - c) for c in left))
+    finished_now = 0
+    with open(vec_path, "r+b") as vf:
+        for c in todo:
+            imgs, rows = [], []
+            for i in range(c, min(n_all, c + chunk)):
+                try:
+                    imgs.append(_load_image(paths[i], fmt, args.resolution))
+                    rows.append(i)
+                except ImageReadError as err:
+                    if args.strict:
+                        raise MineError(f"{err} (--strict)") from None
+                    print(f"fastep mine: skipping {rel[i]}: {err.reason}", file=sys.stderr)
+                    own["bad"][str(i)] = err.reason
+            if imgs:
+                x = torch.stack(imgs).to(device)
+                v = style_features(x, net=net, output="vectors", batch_size=args.batch)
+                _write_rows(vf, offset, dim, rows, v.float().cpu().numpy())
+            own["done"].append(c)
+            _atomic_json(own_path, own)
+            finished_now += 1
+            bar(min(chunk, n_all - c))
+            if args.stop_after_chunks is not None and finished_now >= args.stop_after_chunks:
+                bar.close()
+                print(f"fastep mine: stopping after {finished_now} chunk(s) (--stop-after-chunks)", file=sys.stderr)
+                return 3
+    bar.close()
+    ctx.barrier("waiting for every rank's Gram vectors")
+    done, bad = _read_done(work, config)
+    missing = [c for c in chunks if c not in done]
+    if missing:
+        raise MineError(f"Gram vectors of chunk(s) starting at {missing[:5]} are missing (work folder "
+                        f"{str(work)!r} changed while running?)")
+
+    good = [i for i in range(n_all) if i not in bad]
+    if len(good) < need:
+        raise MineError(f"DATA: only {len(good)} usable image(s) ({len(bad)} skipped); k_near="
+                        f"{args.k_near}, k_far={args.k_far} need at least {need}")
+    source = str(vec_path)
+    if bad:  # compact the usable rows into a second memmap
+        comp_path = work / "vectors_usable.npy"
+        if ctx.rank == 0:
+            src = np.load(vec_path, mmap_mode="r")
+            comp = np.lib.format.open_memmap(comp_path, mode="w+", dtype=np.float32, shape=(len(good), dim))
+            for s in range(0, len(good), chunk):
+                comp[s:s + chunk] = src[good[s:s + chunk]]
+            comp.flush()
+            del comp, src
+        ctx.barrier("compacting the usable Gram vectors")
+        source = str(comp_path)
+
+    # ---- mining ---------------------------------------------------------------------------------
+    budget = None if args.memory_budget is None else int(args.memory_budget * (1 << 30))
+    nb = mine_neighbours(source, args.k_near, args.k_far, device=device, memory_budget=budget,
+                         progress=progress, process_group=ctx.group,
+                         work_dir=work / "mining" if ctx.on else None)
+    if ctx.rank == 0:
+        triplets = sample_triplets(nb, seed=args.seed) if args.k_near and args.k_far else \
+            np.zeros((0, 3), dtype=np.int64)
+        provenance = dict(fastep_version=__version__, weights=weights_desc, arch=net.arch,
+                          layers=args.layers, layer_names=list(net.layers), resolution=args.resolution,
+                          format=fmt, image_list_sha256=config["image_list_sha256"], n_images=len(good),
+                          n_listed=n_all, subset=args.subset, k_near=args.k_near, k_far=args.k_far,
+                          seed=args.seed, distance="style (squared Euclidean on Gram vectors)",
+                          dim=dim, exact=True, skipped=len(bad), npz_format=NPZ_FORMAT)
+        arrays = dict(near_idx=nb.near_idx.numpy(), near_dist=nb.near_dist.numpy(),
+                      far_idx=nb.far_idx.numpy(), far_dist=nb.far_dist.numpy(),
+                      triplets=np.asarray(triplets, dtype=np.int64),
+                      paths=np.array([rel[i] for i in good], dtype=str),
+                      skipped=np.array([f"{rel[i]}: {bad[i]}" for i in sorted(bad)], dtype=str),
+                      provenance=np.array(json.dumps(provenance, sort_keys=True)))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_npz_deterministic(out, arrays)
+        ranks = f" on {ctx.world} ranks" if ctx.on else ""
+        print(f"fastep mine: {len(good)} images ({len(bad)} skipped), k_near={args.k_near}, "
+              f"k_far={args.k_far}{ranks} -> {out}")
+    ctx.barrier("writing the output")
+    if ctx.rank == 0 and not args.keep_work:
+        _remove_work(work)
+    return 0
+
+
+def _prepare(args, ctx: "_Dist") -> dict:
+    """Validate the arguments, list the images, load the network: everything a rank needs
+    before the ranks compare their inputs."""
+    import torch
+
+    from .data.images import list_images
 
     data = Path(args.data)
     out = Path(args.out)
@@ -183,11 +394,15 @@ def _run(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MineError("--device cuda: no CUDA device available")
+    if device.type == "cuda" and ctx.on:
+        device = torch.device("cuda", torch.cuda.current_device())
     chunk = args.chunk or 16 * args.batch
+    if chunk < 1:
+        raise MineError("--chunk: must be >= 1")
     work = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
 
-    from .features import get_style_net, style_features
+    from .features import get_style_net
     try:
         net = get_style_net(args.layers, weights=args.weights, seed=args.seed, device=device)
     except FileNotFoundError as err:
@@ -202,109 +417,87 @@ def _run(args) -> int:
                   arch=net.arch, layer_names=list(net.layers), weights=weights_desc,
                   seed=args.seed, resolution=args.resolution, format=fmt, chunk=chunk,
                   batch=args.batch, dim=dim, device=device.type)
-    state_path = work / "state.json"
-    state = None
-    if state_path.exists():
-        try:
-            state = json.loads(state_path.read_text())
-        except ValueError:
-            state = None
-        if state is not None and state.get("config") != config:
+    key = dict(config, k_near=args.k_near, k_far=args.k_far, subset=args.subset, strict=args.strict,
+               memory_budget=args.memory_budget, world=ctx.world)
+    return dict(paths=paths, rel=rel, fmt=fmt, device=device, chunk=chunk, work=work, net=net,
+                dim=dim, weights_desc=weights_desc, config=config, key=key)
+
+
+def _read_state(path: Path, config) -> Optional[dict]:
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except ValueError:
+        return None
+    if state.get("config") != config:
+        if path.name == "state.json":
             print("fastep mine: work folder belongs to a different run; starting over", file=sys.stderr)
-            state = None
-    vec_path = work / "vectors.npy"
-    if state is None or not vec_path.exists():
-        state = dict(config=config, done=[], bad={})
-        np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(n_all, dim)).flush()
-        _atomic_json(state_path, state)
-    vec = np.lib.format.open_memmap(vec_path, mode="r+")
+        return None
+    return state
 
-    # ---- Gram vectors, chunk by chunk (resumable) ---------------------------------------------
-    chunks = list(range(0, n_all, chunk))
-    todo = [c for c in chunks if c not in set(state["done"])]
-    progress = not args.no_progress
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=n_all, initial=n_all - sum(min(chunk, n_all - c) for c in todo),
-                   desc="Gram vectors", unit="img")
-    finished_now = 0
-    for c in todo:
-        imgs, rows = [], []
-        for i in range(c, min(n_all, c + chunk)):
-            try:
-                imgs.append(_load_image(paths[i], fmt, args.resolution))
-                rows.append(i)
-            except ImageReadError as err:
-                if args.strict:
-                    raise MineError(f"{err} (--strict)") from None
-                print(f"fastep mine: skipping {rel[i]}: {err.reason}", file=sys.stderr)
-                state["bad"][str(i)] = err.reason
-        if imgs:
-            x = torch.stack(imgs).to(device)
-            v = style_features(x, net=net, output="vectors", batch_size=args.batch)
-            vec[rows] = v.float().cpu().numpy()
-            vec.flush()
-        state["done"].append(c)
-        _atomic_json(state_path, state)
-        finished_now += 1
-        if bar is not None:
-            bar.update(min(chunk, n_all - c))
-        if args.stop_after_chunks is not None and finished_now >= args.stop_after_chunks:
-            if bar is not None:
-                bar.close()
-            print(f"fastep mine: stopping after {finished_now} chunk(s) (--stop-after-chunks)", file=sys.stderr)
-            return 3
-    if bar is not None:
-        bar.close()
-    del vec
 
-    bad = {int(k): v for k, v in state["bad"].items()}
-    good = [i for i in range(n_all) if i not in bad]
-    if len(good) < need:
-        raise MineError(f"DATA: only {len(good)} usable image(s) ({len(bad)} skipped); k_near="
-                        f"{args.k_near}, k_far={args.k_far} need at least {need}")
-    source = str(vec_path)
-    if bad:  # compact the usable rows into a second memmap
-        comp_path = work / "vectors_usable.npy"
-        src = np.load(vec_path, mmap_mode="r")
-        comp = np.lib.format.open_memmap(comp_path, mode="w+", dtype=np.float32, shape=(len(good), dim))
-        for s in range(0, len(good), chunk):
-            comp[s:s + chunk] = src[good[s:s + chunk]]
-        comp.flush()
-        del comp, src
-        source = str(comp_path)
+def _read_done(work: Path, config):
+    """Finished chunks and skipped images, over state.json and every rank's state file (a job
+    resumed with another number of ranks keeps what any rank finished)."""
+    done, bad = set(), {}
+    for f in [work / "state.json", *sorted(work.glob("state.rank*.json"))]:
+        st = _read_state(f, config)
+        if st is not None:
+            done.update(st["done"])
+            bad.update({int(k): v for k, v in st["bad"].items()})
+    return done, bad
 
-    # ---- mining ---------------------------------------------------------------------------------
-    budget = None if args.memory_budget is None else int(args.memory_budget * (1 << 30))
-    nb = mine_neighbours(source, args.k_near, args.k_far, device=device, memory_budget=budget,
-                         progress=progress)
-    triplets = sample_triplets(nb, seed=args.seed) if args.k_near and args.k_far else \
-        np.zeros((0, 3), dtype=np.int64)
-    provenance = dict(fastep_version=__version__, weights=weights_desc, arch=net.arch,
-                      layers=args.layers, layer_names=list(net.layers), resolution=args.resolution,
-                      format=fmt, image_list_sha256=config["image_list_sha256"], n_images=len(good),
-                      n_listed=n_all, subset=args.subset, k_near=args.k_near, k_far=args.k_far,
-                      seed=args.seed, distance="style (squared Euclidean on Gram vectors)",
-                      dim=dim, exact=True, skipped=len(bad))
-    arrays = dict(near_idx=nb.near_idx.numpy(), near_dist=nb.near_dist.numpy(),
-                  far_idx=nb.far_idx.numpy(), far_dist=nb.far_dist.numpy(),
-                  triplets=np.asarray(triplets, dtype=np.int64),
-                  paths=np.array([rel[i] for i in good], dtype=str),
-                  skipped=np.array([f"{rel[i]}: {bad[i]}" for i in sorted(bad)], dtype=str),
-                  provenance=np.array(json.dumps(provenance, sort_keys=True)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_npz_deterministic(out, arrays)
-    print(f"fastep mine: {len(good)} images ({len(bad)} skipped), k_near={args.k_near}, "
-          f"k_far={args.k_far} -> {out}")
-    if not args.keep_work:
-        for f in ("vectors.npy", "vectors_usable.npy", "state.json"):
-            try:
-                (work / f).unlink()
-            except FileNotFoundError:
-                pass
+
+def _write_rows(f, offset: int, dim: int, rows: List[int], values: np.ndarray) -> None:
+    """Rows of the float32 [N, dim] .npy by positioned writes of whole rows (ranks on other
+    machines write other rows of the same file on shared storage: no page of a memory map
+    is written back over a neighbour's rows)."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    row_bytes = dim * 4
+    j = 0
+    while j < len(rows):
+        k = j
+        while k + 1 < len(rows) and rows[k + 1] == rows[k] + 1:
+            k += 1
+        os.pwrite(f.fileno(), values[j:k + 1].tobytes(), offset + rows[j] * row_bytes)
+        j = k + 1
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _remove_work(work: Path) -> None:
+    import shutil
+
+    for f in ("vectors.npy", "vectors_usable.npy", "state.json"):
         try:
-            work.rmdir()
-        except OSError:
+            (work / f).unlink()
+        except FileNotFoundError:
             pass
-    return 0
+    for f in work.glob("state.rank*.json"):
+        f.unlink()
+    shutil.rmtree(work / "mining", ignore_errors=True)
+    try:
+        work.rmdir()
+    except OSError:
+        pass
+
+
+def load_mined(path) -> Dict[str, object]:
+    """Read a ``fastep mine`` npz without pickle: the arrays, with ``provenance`` parsed from its
+    JSON text.  Every file ``fastep mine`` has written stores only numbers and strings (the
+    provenance has always been JSON text), so all of them load; a file holding pickled objects
+    is not one of ours and is refused with one line."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+    except ValueError as err:
+        if "pickle" in str(err).lower():
+            raise ValueError(f"{path}: holds pickled objects, which fastep never loads (a fastep mine "
+                             f"file stores only arrays and JSON text); re-run fastep mine") from None
+        raise
+    for name in ("near_idx", "far_idx", "triplets", "paths", "provenance"):
+        if name not in out:
+            raise ValueError(f"{path}: not a fastep mine file (no {name!r} array)")
+    out["provenance"] = json.loads(str(out["provenance"]))
+    return out

@@ -89,3 +89,94 @@ def test_plain_folder_subset(tmp_path):
     z = np.load(out)
     assert z["near_idx"].shape == (6, 1) and len(z["paths"]) == 6
     assert json.loads(str(z["provenance"]))["format"] == "plain"
+
+
+# ---- allow_pickle=False, SIGKILL, torchrun ------------------------------------------------------
+def test_output_loads_without_pickle(tmp_path):
+    from fastep.mine import load_mined
+
+    data = _make_folder(tmp_path / "d", n=6, ab=False)
+    out = tmp_path / "o.npz"
+    assert _run(data, out, "--k-near", "1", "--k-far", "2") == 0
+    with np.load(out, allow_pickle=False) as z:  # every array, no pickle
+        arrays = {k: z[k] for k in z.files}
+    assert all(a.dtype != object for a in arrays.values())
+    got = load_mined(out)
+    assert got["provenance"]["npz_format"] == 1 and got["provenance"]["k_far"] == 2
+    assert np.array_equal(got["near_idx"], arrays["near_idx"])
+    bad = tmp_path / "pickled.npz"
+    np.savez(bad, near_idx=np.zeros((2, 1)), provenance=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="pickled objects"):
+        load_mined(bad)
+
+
+def _cli(*args, env=None, **kw):
+    import os
+    import subprocess
+    import sys
+    e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.Popen([sys.executable, *args], env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigkill_mid_chunk_then_resume_is_byte_identical(tmp_path):
+    import signal
+    import time
+
+    data = _make_folder(tmp_path / "ab", n=8)
+    ref = tmp_path / "ref.npz"
+    opts = ["--k-near", "2", "--k-far", "3", "--batch", "1", "--chunk", "1"]
+    assert _run(data, ref, *opts) == 0
+    out = tmp_path / "k.npz"
+    state = tmp_path / "k.npz.work" / "state.json"
+    args = ["-m", "fastep", "mine", str(data), "--out", str(out), *COMMON, *opts]
+    p = _cli(*args)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 120:  # kill while the third chunk is being computed
+        if state.exists() and len(json.loads(state.read_text())["done"]) >= 2:
+            break
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+    assert p.returncode == -signal.SIGKILL and not out.exists()
+    done = json.loads(state.read_text())["done"]
+    assert 2 <= len(done) < 8
+    p = _cli(*args)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert out.read_bytes() == ref.read_bytes()
+
+
+def test_torchrun_two_ranks_equal_one_process(tmp_path):
+    data = _make_folder(tmp_path / "ab", n=11, bad=True)
+    opts = ["--k-near", "2", "--k-far", "4", "--memory-budget", "0.001"]
+    one = tmp_path / "one.npz"
+    assert _run(data, one, *opts) == 0
+    two = tmp_path / "two.npz"
+    p = _cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fastep",
+             "mine", str(data), "--out", str(two), *COMMON, *opts)
+    outs, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert "on 2 ranks" in outs
+    assert two.read_bytes() == one.read_bytes()
+    assert not (tmp_path / "two.npz.work").exists()
+
+
+def test_ranks_with_different_k_stop_with_one_line(tmp_path):
+    import socket
+
+    data = _make_folder(tmp_path / "d", n=6, ab=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank, k_far in ((0, "2"), (1, "3")):
+        env = dict(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port))
+        procs.append(_cli("-m", "fastep", "mine", str(data), "--out", str(tmp_path / "x.npz"), *COMMON,
+                          "--k-near", "1", "--k-far", k_far, "--dist-timeout", "60", env=env))
+    for p in procs:
+        _, err = p.communicate(timeout=200)
+        assert p.returncode == 2, err
+        lines = [l for l in err.splitlines() if l.strip()]
+        assert len(lines) == 1 and "see different inputs" in lines[0], err

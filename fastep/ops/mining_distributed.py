@@ -45,6 +45,7 @@ from . import mining as _m
 __all__ = ["DistributedMiningError", "tile_shares", "row_shares"]
 
 _CHECKPOINT_SECONDS = 60.0
+_CALLS = 0
 _STOP_AFTER_TILES: Optional[int] = None  # tests: checkpoint and raise _Stopped after this many tiles
 
 
@@ -168,27 +169,34 @@ def _hash_tensor(parts: List[object], src: "_m._Source") -> Tensor:
 
 # ---------------------------------------------------------------------------------------------
 class _Progress:
-    """One bar on rank 0 for the whole job: ranks post their tile counts to the group's store."""
+    """One bar on rank 0 for the whole job: the ranks post their counts to the default process
+    group's store and rank 0 shows the sum (without a store, rank 0 extrapolates its own count).
 
-    def __init__(self, comm: _Comm, total: int, mine: int, show: bool, key: str):
-        self.comm, self.total, self.mine, self.count, self.last = comm, total, mine, 0, 0.0
-        self.key = key
+    ``comm`` None: one process, a plain bar."""
+
+    def __init__(self, comm: Optional[_Comm], total: int, mine: int, show: bool, key: str,
+                 desc: str = "mining tiles", unit: str = "tile", initial: int = 0):
+        self.total, self.mine, self.count, self.last = total, mine, 0, 0.0
+        self.initial, self.key = initial, key
+        self.rank = comm.rank if comm is not None else 0
+        self.world = comm.world if comm is not None else 1
         self.store = None
-        if comm.world > 1:
+        if self.world > 1:
             try:
                 from torch.distributed.distributed_c10d import _get_default_store
                 self.store = _get_default_store()
             except Exception:  # noqa: BLE001 - no store: rank 0 extrapolates its own count
                 self.store = None
         self.bar = None
-        if show and comm.rank == 0:
+        if show and self.rank == 0:
             from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, desc=f"mining tiles ({comm.world} ranks)", unit="tile")
+            ranks = f" ({self.world} ranks)" if self.world > 1 else ""
+            self.bar = tqdm(total=total, initial=initial, desc=desc + ranks, unit=unit)
 
     def __call__(self, k: int = 1) -> None:
         self.count += k
         now = time.monotonic()
-        if now - self.last < 0.5 and self.count < self.mine:
+        if self.world > 1 and now - self.last < 0.5 and self.count < self.mine:
             return
         self.last = now
         self._post()
@@ -196,26 +204,30 @@ class _Progress:
     def _post(self) -> None:
         if self.store is not None:
             try:
-                self.store.set(f"{self.key}/{self.comm.rank}", str(self.count))
+                self.store.set(f"{self.key}/{self.rank}", str(self.count))
             except Exception:  # noqa: BLE001 - progress is cosmetic
                 self.store = None
         if self.bar is None:
             return
-        done = self.count * self.total // max(1, self.mine) if self.mine else 0
-        if self.store is not None:
-            try:
-                keys = [f"{self.key}/{r}" for r in range(self.comm.world)]
-                done = sum(int(self.store.get(k)) for k in keys if self.store.check([k]))
-            except Exception:  # noqa: BLE001
-                pass
-        self.bar.n = min(self.total, done)
+        if self.world == 1:
+            done = self.count
+        else:
+            left = self.total - self.initial
+            done = self.count * left // max(1, self.mine) if self.mine else 0
+            if self.store is not None:
+                try:
+                    keys = [f"{self.key}/{r}" for r in range(self.world)]
+                    done = sum(int(self.store.get(k)) for k in keys if self.store.check([k]))
+                except Exception:  # noqa: BLE001
+                    pass
+        self.bar.n = min(self.total, self.initial + done)
         self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.n = self.total
-            self.bar.refresh()
+            self._post()
             self.bar.close()
+            self.bar = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +282,9 @@ def mine_distributed(src: "_m._Source", plan: "_m._Plan", group, *, bound: str, 
         my_pairs = pairs[p0:p1]
         lists = state.lists if state.lists is not None else _m._empty_lists(plan, plan.device)
         done = state.done
-        bar = _Progress(comm, len(pairs), len(my_pairs), progress, f"fastep_mine/{key}")
+        global _CALLS
+        _CALLS += 1  # every rank calls equally often: the same store keys on every rank
+        bar = _Progress(comm, len(pairs), len(my_pairs), progress, f"fastep_mine/{key}/{_CALLS}")
         bar(done)
         computed = 0
         last_save = time.monotonic()
