@@ -8,7 +8,8 @@ Every point builds a fresh fast-path step (torch.compile, bf16, channels_last, f
 memory cap: this is the unconstrained throughput), compiles it for that shape, then times
 ``--steps`` synchronised steps after ``--warmup`` (median).  A point that runs out of memory is
 recorded as such.  Writes ``scaling_<tag>.json`` and ``scaling_<tag>.png`` (matplotlib, Agg)
-with the arithmetic floor of SPEC.md (0.38 s/kimg at 256 x 256, scaled with the pixel count).
+with the arithmetic floor (0.38 s/kimg at 256 x 256 on an H100, scaled with the pixel count;
+``fastep.bench.paper.FLOOR_S_PER_KIMG``).
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ if str(HERE.parent) not in sys.path:  # run as a script from a source checkout
 
 
 def _paper():
-    from fastep.bench import load_paper
-    return load_paper()
+    from fastep.bench import paper
+    return paper
 
 
 def measure_point(approach: str, batch: int, resolution: int, device: str, *, warmup: int,
@@ -41,7 +42,7 @@ def measure_point(approach: str, batch: int, resolution: int, device: str, *, wa
                              "resolution": resolution}
     step = A = B = None
     try:
-        step = bench.make_step(approach, batch, resolution, impl, device, compile=compile,
+        step = bench.timing.make_step(approach, batch, resolution, impl, device, compile=compile,
                                model_overrides=model_overrides)
         A, B = bench.random_batch(batch, resolution, device)
         point.update(bench.time_steps(step, A, B, device, warmup=warmup, repeats=steps))

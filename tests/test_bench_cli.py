@@ -143,7 +143,7 @@ def _tiny_factory(approach, batch, resolution, impl, device, **kw):
 
 
 def test_search_max_batch_runs_real_probes(monkeypatch):
-    monkeypatch.setattr(bench, "make_step", _tiny_factory)
+    monkeypatch.setattr(bench.timing, "make_step", _tiny_factory)
     cfg = bench.BenchConfig(batch=2, resolution=16, max_batch_limit=64, probe_steps=2)
     search, probes = bench.search_max_batch("ours_v3", 16, "fastep", "cpu", cfg, log=lambda s: None)
     assert search.max_batch == _TinyStep.threshold
@@ -153,8 +153,10 @@ def test_search_max_batch_runs_real_probes(monkeypatch):
 # ------------------------------------------------------------------------------ the paper's table
 
 def test_paper_table_data():
-    paper = _load("paper")
-    assert tuple(paper.PAPER_TABLE) == paper.APPROACHES == bench.APPROACHES
+    from fastep.bench import paper
+    from fastep.train.config import APPROACHES
+
+    assert tuple(paper.PAPER_TABLE) == paper.APPROACHES == bench.APPROACHES == APPROACHES
     for a, row in paper.PAPER_TABLE.items():
         assert row.approach == a
         assert row.max_batch >= 8 and row.s_per_kimg_max <= row.s_per_kimg_b8
@@ -167,11 +169,10 @@ def test_paper_table_data():
     # the paper's own numbers satisfy the ordering claim that fastep checks
     assert paper.paper_ordering_holds({a: r.s_per_kimg_b8 for a, r in t.items()})
     assert not paper.paper_ordering_holds({**{a: r.s_per_kimg_b8 for a, r in t.items()}, "ours_v3": 200.0})
-    # the loss terms agree with the trainer's presets where those exist
+    # the loss terms are the trainer's presets (one approach table)
     from fastep.train.config import LossConfig
     for a in paper.APPROACHES:
-        terms = dict(zip(paper.LOSS_TERMS_COLUMNS, paper.LOSS_TERMS[a]))
-        assert LossConfig.preset(a).table_row() == {k: bool(v) for k, v in terms.items()}
+        assert paper.loss_terms(a) == LossConfig.preset(a).table_row()
     pp = {a: paper.passes_per_step(a) for a in paper.APPROACHES}
     assert pp["ours_v3"] == pp["ours_v4"] and pp["bicycle_v2"] == pp["ours_v1"]
     assert pp["ours_v3"]["G"] < pp["bicycle_v1"]["G"] < pp["bicycle_v2"]["G"]
@@ -225,7 +226,7 @@ def test_cli_rejects_unknown_approach():
 
 def test_scaling_sweep_and_plot(tmp_path, monkeypatch):
     scaling = _load("scaling")
-    monkeypatch.setattr(bench, "make_step", _tiny_factory)
+    monkeypatch.setattr(bench.timing, "make_step", _tiny_factory)
     _TinyStep.threshold = 5
     sweep = scaling.run_sweep(device="cpu", batches=[1, 2, 8], resolutions=[16, 32], base_resolution=16,
                               base_batch=2, warmup=0, steps=2, log=lambda s: None)
@@ -346,3 +347,14 @@ def test_max_batch_case_exact_uses_the_search_and_notes_a_step_down():
     assert rec["batch"] == 49 and "ran out of memory" in rec["note"]
     with pytest.raises(ValueError, match="needs a positive"):
         bench.run_max_batch_case(_timed_until(49, []), None, guess=None, predict=True)
+
+
+def test_results_default_outside_the_source_tree(monkeypatch, tmp_path):
+    """Without --out, results go to the user's cache folder, never into benchmarks/results."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert bench.default_out() == tmp_path / "fastep" / "bench"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert bench.REPO_ROOT not in bench.default_out().parents
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert parser.parse_args(["--quick"]).out is None

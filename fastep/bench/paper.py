@@ -2,19 +2,16 @@
 
 Seconds per 1000 training images (time/kimg) at 256 x 256 on the authors' GPU (TensorFlow,
 a 12 GB card of that era).  ``max_batch`` is the largest batch that fitted that GPU's memory.
-fastep measures the same quantities (see benchmarks/test_bench_training.py and ``fastep bench``)
-and prints them side by side with these numbers.
+``fastep bench`` measures the same quantities and prints them side by side with these numbers.
 
-This module imports nothing heavy so that the CLI and the tests can load it cheaply, both as
-``benchmarks.paper`` and by file path (the ``benchmarks`` folder is not an installed package).
+The approaches and their loss terms are not copied here: they come from the training presets
+(``LossConfig.preset(approach).table_row()``), the one home of the approach table.
 """
 from __future__ import annotations
 
 from typing import Dict, NamedTuple, Tuple
 
-from fastep.train.config import APPROACHES as _PRESET_APPROACHES
-from fastep.train.config import _FLAGS as _PRESET_FLAGS
-from fastep.train.config import _TABLE as _PRESET_TABLE
+from fastep.train.config import APPROACHES  # noqa: F401  (the one approach list)
 
 
 class PaperRow(NamedTuple):
@@ -27,9 +24,6 @@ class PaperRow(NamedTuple):
     s_per_kimg_max: float  #: time/kimg at that batch, seconds
 
 
-#: The six approaches in the paper's order.
-APPROACHES: Tuple[str, ...] = ("bicycle_v1", "bicycle_v2", "ours_v1", "ours_v2", "ours_v3", "ours_v4")
-
 PAPER_TABLE: Dict[str, PaperRow] = {
     "bicycle_v1": PaperRow("bicycle_v1", "Bicycle v1", 93.11, 12, 85.36),
     "bicycle_v2": PaperRow("bicycle_v2", "Bicycle v2 (MUNIT-p)", 155.72, 8, 155.72),
@@ -39,10 +33,12 @@ PAPER_TABLE: Dict[str, PaperRow] = {
     "ours_v4": PaperRow("ours_v4", "Ours v4", 63.96, 16, 51.23),
 }
 
-#: The loss terms of each approach (paper Table 4, SPEC.md): what makes one step costlier.
-# One table, kept by the trainer's presets (fastep.train.config); the timing table uses six rows.
-LOSS_TERMS_COLUMNS: Tuple[str, ...] = _PRESET_FLAGS
-LOSS_TERMS: Dict[str, Tuple[int, ...]] = {a: _PRESET_TABLE[a] for a in _PRESET_APPROACHES}
+
+def loss_terms(approach: str) -> Dict[str, bool]:
+    """The loss terms of ``approach`` (paper Table 4), from the training preset."""
+    from fastep.train.config import LossConfig
+
+    return LossConfig.preset(approach).table_row()
 
 
 def passes_per_step(approach: str) -> Dict[str, int]:
@@ -52,7 +48,7 @@ def passes_per_step(approach: str) -> Dict[str, int]:
     cycle (swap codes, swap back); E: E(B), +1 to recover the random code, +2 to re-encode the
     swapped outputs; D: real + each kind of fake, in the D update and again in the G update;
     VGG: output and target of each perceptual term."""
-    t = dict(zip(LOSS_TERMS_COLUMNS, LOSS_TERMS[approach]))
+    t = {k: int(v) for k, v in loss_terms(approach).items()}
     rand = t["d_rand_z"] or t["z_recon"]
     return {
         "G": 1 + rand + 2 * t["cyc_recon"],
@@ -62,14 +58,9 @@ def passes_per_step(approach: str) -> Dict[str, int]:
     }
 
 
-#: Resolution, batch size and memory of the paper's measurement.
-PAPER_RESOLUTION = 256
-PAPER_BATCH = 8
-#: fastep's stand-in for the authors' GPU memory when searching the max batch.
-MEMORY_CAP_GIB = 12.0
-
-#: SPEC.md's arithmetic floor: an Ours v3 / stage 3 step costs ~150 GMAC (300 GFLOP) per image;
-#: at ~790 TFLOP/s of bf16 matrix work (H100) that is ~0.38 s per 1000 images.
+#: The arithmetic floor: an Ours v3 / stage 3 step at 256 x 256 costs 299.6 GFLOP per image
+#: (FlopCounterMode over G, E, D and the VGG16 perceptual passes); at ~790 TFLOP/s of bf16 matrix
+#: work (H100 SXM) that is ~0.38 s per 1000 images.
 FLOOR_GFLOP_PER_IMAGE = 300.0
 FLOOR_PEAK_TFLOPS = 790.0
 FLOOR_S_PER_KIMG = FLOOR_GFLOP_PER_IMAGE * 1e9 * 1000 / (FLOOR_PEAK_TFLOPS * 1e12)
@@ -79,7 +70,7 @@ FASTEST: Tuple[str, ...] = ("ours_v3", "ours_v4")
 #: ... and these the slowest (at batch 8).
 SLOWEST: Tuple[str, ...] = ("bicycle_v2", "ours_v1")
 
-#: Issue 6's targets for fastep on an H100 at 256 x 256.
+#: fastep's speed targets on an H100 at 256 x 256 (fast path, Ours v3).
 TARGETS = {
     "ours_v3_b8_s_per_kimg_max": 2.0,
     "ours_v3_best_s_per_kimg_max": 1.0,
