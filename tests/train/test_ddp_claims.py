@@ -7,6 +7,7 @@
 * only rank 0 writes (checkpoints, sample grids, metrics): each rank gets its own out_dir and
   rank 1's stays empty.
 """
+import datetime
 import os
 import signal
 import sys
@@ -84,7 +85,10 @@ def _writes_case(rank, root):
 
 def _worker(rank, rdv, root):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=WORLD)
+    # a collective that one rank never joins (ranks disagreeing on when to stop) fails after
+    # 45 s instead of hanging the suite
+    dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=45))
     try:
         _broadcast_case(rank, root)
         _stop_case(rank, root, "sigterm")
