@@ -8,7 +8,14 @@ fastep ships one compiled extension, ``fastep._C``:
 
 Installing must never fail on a CPU-only machine, so an automatic (not forced) CUDA build that
 fails falls back to a CPU-only build, and ``FASTEP_NO_EXT=1`` skips the extension entirely;
-``fastep info`` always tells what was built.  ``FORCE_CUDA=1`` turns every CUDA build failure
+``fastep info`` always tells what was built.
+
+pip's default isolated build cannot see the user's torch (pyproject.toml deliberately does not
+list torch as a build requirement: pip would download a torch into the throw-away build
+environment, multi-GB and not necessarily the version fastep then runs with, and an extension
+built for another torch does not load).  There the wheel ships the sources instead
+(``fastep/csrc``) and fastep compiles ``fastep._C`` on first use against the running torch
+(``fastep/_build.py``).  ``pip install --no-build-isolation .`` builds it here, at install.  ``FORCE_CUDA=1`` turns every CUDA build failure
 into an install failure, which is what CI uses to prove the CUDA sources compile.
 
 The Triton kernels live in the top-level ``kernels/`` folder and install as ``fastep.kernels``.
@@ -61,8 +68,9 @@ def _extensions():
         import torch
         from torch.utils import cpp_extension
     except ImportError:  # pragma: no cover - torch is a hard requirement at build time
-        print("fastep: torch is not importable at build time; install torch first and build "
-              "with `pip install --no-build-isolation .`. Skipping fastep._C.", file=sys.stderr)
+        print("fastep: torch is not importable at build time (pip's isolated build); fastep._C "
+              "will be built on first use against the installed torch (or install with "
+              "`pip install --no-build-isolation .` to build it now).", file=sys.stderr)
         return [], {}
 
     cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
@@ -141,19 +149,24 @@ setup(
     long_description=open(os.path.join(ROOT, "README.md")).read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["fastep", "fastep.*"]) + ["fastep.kernels"],
-    package_dir={"fastep.kernels": "kernels"},
+    packages=find_packages(include=["fastep", "fastep.*"]) + ["fastep.kernels", "fastep.csrc"],
+    package_dir={"fastep.kernels": "kernels", "fastep.csrc": "csrc"},
+    # the C++/CUDA sources travel with the package: fastep builds _C from them on first use
+    # where the install could not (fastep/_build.py)
+    package_data={"fastep.csrc": ["*.cpp", "*.cu", "*.h", "*.cuh"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
+        "ninja",  # torch.utils.cpp_extension's builds (at install and on first use)
+        "lpips>=0.1.4",  # LPIPS's linear heads (fastep eval, fastep.losses.LPIPS)
         "numpy",
         "pillow",
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "lpips>=0.1.4", "scikit-image",
+        "test": ["pytest>=7", "pytest-benchmark>=4", "scikit-image",
                  "matplotlib", "tensorboard"],
         "bench": ["pytest-benchmark>=4", "matplotlib"],
         "eval": ["matplotlib", "scikit-learn"],

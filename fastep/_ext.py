@@ -53,6 +53,10 @@ def load_C():
                 _C = importlib.import_module("fastep._C")
             except Exception as err:  # noqa: BLE001 - any failure means "no extension"
                 _C, _C_ERROR = None, f"{type(err).__name__}: {err}"
+            if _C is None:  # not built at install (or for another torch): build it on first use
+                from . import _build
+
+                _C, _C_ERROR = _build.load_or_build(_C_ERROR)
     return _C
 
 

@@ -30,10 +30,9 @@ def _versions() -> List[str]:
     else:
         lines.append("triton: not available")
     lines.append("CUDA device: " + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"))
-    if _ext.has_C():
-        lines.append(f"fastep._C: loaded ({'with' if _ext.C_has_cuda() else 'without'} CUDA kernels)")
-    else:
-        lines.append(f"fastep._C: NOT available ({_ext.C_error()}); C++/CUDA ops fall back")
+    from ._build import status_line  # built at install / on first use / missing, and why
+
+    lines.append(status_line(_ext.has_C(), _ext.C_has_cuda(), _ext.C_error()))
     return lines
 
 
