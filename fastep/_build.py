@@ -180,17 +180,39 @@ class _FileLock:
             self.fd = None
 
 
+_COMPILE = """
+import json, sys
+from torch.utils import cpp_extension
+a = json.loads(sys.argv[1])
+cpp_extension.load(name="_C", sources=a["sources"], extra_cflags=a["cflags"],
+                   extra_cuda_cflags=a["cuda_cflags"], extra_ldflags=a["ldflags"],
+                   build_directory=a["build_directory"], with_cuda=a["cuda"], verbose=a["verbose"],
+                   is_python_module=False)
+"""
+
+
 def _compile(src: Path, build_dir: Path, cuda: bool) -> None:
-    """Compile and link ``_C`` into ``build_dir`` (raises on failure)."""
-    cpp_extension = _cpp_extension()
+    """Compile and link ``_C`` into ``build_dir`` (raises on failure).
+
+    Runs in a child process: the compiler's output and torch's per-process extension versioning
+    (a second ``load`` of the same name gets renamed) stay out of the caller's process."""
+    import subprocess
 
     build_dir.mkdir(parents=True, exist_ok=True)
-    cflags = list(_CXX_FLAGS) + (["-DFASTEP_WITH_CUDA"] if cuda else [])
-    cpp_extension.load(
-        name="_C", sources=_sources(src, cuda), extra_cflags=cflags,
-        extra_cuda_cflags=["-O3", "--use_fast_math", "-DFASTEP_WITH_CUDA"] if cuda else None,
-        extra_ldflags=list(_LD_FLAGS), build_directory=str(build_dir), with_cuda=cuda,
-        verbose=_flag("FASTEP_BUILD_VERBOSE"))
+    verbose = _flag("FASTEP_BUILD_VERBOSE")
+    args = {"sources": _sources(src, cuda), "build_directory": str(build_dir), "cuda": cuda,
+            "cflags": list(_CXX_FLAGS) + (["-DFASTEP_WITH_CUDA"] if cuda else []),
+            "cuda_cflags": ["-O3", "--use_fast_math", "-DFASTEP_WITH_CUDA"] if cuda else None,
+            "ldflags": list(_LD_FLAGS), "verbose": verbose}
+    r = subprocess.run([sys.executable, "-c", _COMPILE, json.dumps(args)],
+                       stdout=None if verbose else subprocess.PIPE,
+                       stderr=None if verbose else subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        lines = [l for l in (r.stdout or "").strip().splitlines() if l.strip()]
+        errors = [l for l in lines if "error" in l.lower()]
+        raise RuntimeError((errors[:1] or lines[-1:] or [f"exit status {r.returncode}"])[0].strip())
+    if not _lib_path(build_dir).is_file():
+        raise RuntimeError(f"the build produced no {_lib_path(build_dir).name}")
 
 
 def _why_not_buildable() -> Optional[str]:
@@ -227,7 +249,8 @@ def _load_or_build():
     if src is None:
         STATUS.how, STATUS.reason = "missing", "this install ships no C++ sources (fastep/csrc)"
         return None, STATUS.reason
-    want_cuda = _cuda_toolkit() is not None
+    # CUDA kernels only where they can run (torch picks the visible GPUs' architectures)
+    want_cuda = _cuda_toolkit() is not None and torch.cuda.is_available()
     variants = [True, False] if want_cuda else [False]
     # a previous first-use build for this torch and these sources: load it
     for cuda in variants:

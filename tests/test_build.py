@@ -88,6 +88,9 @@ def _fake_compile(calls):
 def test_build_once_then_cached_and_cuda_falls_back_to_cpu(status, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(_build, "_cuda_toolkit", lambda: "/fake/cuda")
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a CUDA machine
     monkeypatch.setattr(_build, "_compile", _fake_compile(calls))
     monkeypatch.setattr(_build, "_import_built", lambda d: ("module from", d))
     mod, reason = _build.load_or_build("ImportError: undefined symbol: _ZN3c10")
