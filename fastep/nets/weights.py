@@ -35,7 +35,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["ARCHS", "VGG_CFGS", "ALEXNET_CONVS", "IMAGENET_URLS", "imagenet_filename",
+__all__ = ["ARCHS", "VGG_CFGS", "ALEXNET_CONVS", "IMAGENET_URLS", "WEIGHTS_OPTIONS", "imagenet_filename",
            "imagenet_search_paths", "feature_shapes", "resolve_state_dict", "random_state_dict",
            "load_state_dict_file", "validate_state_dict"]
 
@@ -236,10 +236,22 @@ def load_state_dict_file(arch: str, path: Union[str, os.PathLike], *,
                                 f"{arch} state dict saved with torch.save)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - report which file failed and why
-        raise ValueError(f"weights: could not load {str(path)!r} as a state dict: "
-                         f"{type(err).__name__}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - report which file failed and why, in one line
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"weights: could not load {str(path)!r} as a state dict ({type(err).__name__}: "
+                         f"{first}); expected a torch.save-d torchvision {arch} state dict") from err
     return validate_state_dict(arch, obj, source=f"file {str(path)!r}", features_only=features_only)
+
+
+# Where a user names the weights, per backbone: the Python arguments and the command-line flags
+# (checked against the real parsers in tests/nets/test_weights.py).
+WEIGHTS_OPTIONS = {
+    "vgg16": ("weights= (fastep.nets.VGGFeatures, fastep.style_features), backbone_weights= "
+              "(fastep.losses), fastep mine/demo --weights, fastep train --vgg-weights, "
+              "fastep eval --lpips-weights (with --lpips-net vgg)"),
+    "vgg19": "weights= (fastep.nets.VGGFeatures), backbone_weights= (fastep.losses)",
+    "alexnet": "backbone_weights= (fastep.losses.LPIPS), fastep eval --lpips-weights",
+}
 
 
 def _missing_imagenet_message(arch: str, searched: Sequence[Path]) -> str:
@@ -247,13 +259,11 @@ def _missing_imagenet_message(arch: str, searched: Sequence[Path]) -> str:
     name = os.path.basename(url)
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     return (
-        f"ImageNet weights for {arch} not found (fastep never downloads them implicitly). "
-        f"Looked for: {', '.join(str(p) for p in searched)}.\n"
-        f"To use them, get the torchvision file {name} from {url} on a machine with network "
-        f"access (e.g. `python -c \"import torchvision; torchvision.models.{arch}(weights='IMAGENET1K_V1')\"` "
-        f"or `curl -L -o {name} {url}`) and put it in the torch hub cache {hub}/ or in a folder "
-        f"named by $FASTEP_WEIGHTS_DIR; or pass weights=<path to the .pth file>; or pass "
-        f"download=True to fetch it into the hub cache. For offline tests use weights='random'."
+        f"ImageNet weights for {arch} not found (fastep never downloads them implicitly; looked for "
+        f"{', '.join(str(p) for p in searched)}): get {name} from {url} on a machine with network "
+        f"access and put it in {hub}/ or in a folder named by $FASTEP_WEIGHTS_DIR, or pass its path "
+        f"with {WEIGHTS_OPTIONS[arch]}; 'random' there gives seeded random weights (offline tests); "
+        f"download=True fetches it into the hub cache"
     )
 
 

@@ -87,6 +87,45 @@ def test_imagenet_missing_says_how_to_get_it(fake_home):
     assert "vgg16-397923af.pth" in msg
     assert W.IMAGENET_URLS["vgg16"] in msg
     assert hub in msg and "FASTEP_WEIGHTS_DIR" in msg and "download=True" in msg
+    assert "\n" not in msg  # one line
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "vgg19", "alexnet"])
+def test_imagenet_missing_names_options_that_exist(fake_home, arch):
+    """Every command-line flag and Python argument the message names exists."""
+    import inspect
+    import re
+
+    import fastep.features
+    import fastep.losses
+    import fastep.nets
+    from fastep.cli import build_parser
+
+    with pytest.raises(FileNotFoundError) as info:
+        W.resolve_state_dict(arch, "imagenet")
+    msg = str(info.value)
+    assert W.WEIGHTS_OPTIONS[arch] in msg and "\n" not in msg
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    flags = re.findall(r"fastep ([a-z/]+) (--[a-z-]+)", msg)
+    assert flags or arch == "vgg19"
+    for commands, flag in flags:
+        for cmd in commands.split("/"):
+            assert flag in sub[cmd]._option_string_actions, f"fastep {cmd} has no {flag}"
+    for extra in re.findall(r"\(with (--[a-z-]+)", msg):
+        assert extra in sub["eval"]._option_string_actions
+    if "backbone_weights=" in msg:
+        for cls in (fastep.losses.PerceptualLoss, fastep.losses.StyleLoss, fastep.losses.LPIPS):
+            assert "backbone_weights" in inspect.signature(cls).parameters
+    if "weights=" in msg.replace("backbone_weights=", ""):
+        assert "weights" in inspect.signature(fastep.nets.VGGFeatures).parameters
+        assert "weights" in inspect.signature(fastep.features.style_features).parameters
+
+
+def test_unreadable_file_is_one_line(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError) as info:
+        W.resolve_state_dict("vgg16", tmp_path / "junk.pth")
+    assert "\n" not in str(info.value) and "junk.pth" in str(info.value)
 
 
 def _fake_checkpoint(arch, path, seed=1):
