@@ -182,12 +182,10 @@ def _conv_proxy(batch: int, resolution: int, model_overrides) -> Dict[str, Any]:
     import torch
 
     from fastep.nn.aligned import conv_census, set_fast_convs
-    from fastep.train.config import LossConfig, TrainConfig
+    from fastep.train.config import LossConfig, ModelConfig, TrainConfig
     from fastep.train.step import make_train_step
-    from fastep import bench
 
-    model_cfg = bench._filtered(__import__("fastep.train.config", fromlist=["ModelConfig"]).ModelConfig,
-                                resolution=resolution, **(model_overrides or {}))
+    model_cfg = ModelConfig(resolution=resolution, **(model_overrides or {}))
     step = make_train_step(TrainConfig(stage=3, approach="ours_v3", compile=False, batch_size=batch,
                                        resolution=resolution), model_cfg, device="meta",
                            loss_cfg=LossConfig.preset("ours_v3", perceptual_backbone="random"))
@@ -214,7 +212,9 @@ def cmd_train(out: Path, batch: int, resolution: int, steps: int, warmup: int, i
     from fastep.compiler import count_kernels, generated_code
 
     device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
-    overrides = dict(bench.QUICK_MODEL) if smoke else None
+    from fastep.bench.config import QUICK_MODEL
+
+    overrides = dict(QUICK_MODEL) if smoke else None
     compile_on = not smoke
     torch.backends.cudnn.benchmark = True
     path = out / "train.jsonl"
