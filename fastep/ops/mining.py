@@ -179,7 +179,10 @@ class Neighbours:
     ``near_idx`` [N, k_near] / ``far_idx`` [N, k_far] (int64), sorted best first (nearest first /
     furthest first, ties by smaller index); ``near_dist`` / ``far_dist`` float64 squared
     distances (exact float64 where re-ranked, else the certified approximation, within
-    ``info["eps_max"]``).  ``info`` reports the bound, re-ranking and fallback counts.
+    ``info["eps_max"]``).  ``info`` reports the bound and how much exact work the certification
+    needed: ``reranked_rows_near/far`` (rows with an ambiguous group re-ranked exactly),
+    ``exact_pairs`` (float64 distances computed) and ``fallback_rows_near/far`` (rows recomputed
+    against all N rows; 0 on the fast path).
     """
 
     near_idx: Tensor
@@ -533,7 +536,8 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
     exact = _ExactPairs(src, plan.device, plan.budget)
     info = _base_info(plan, stats, eps, len(pairs), bound, lam, margin)
     near, far = _certify_and_rerank([t.cpu() for t in lists], 0, plan, eps, exact, rerank)
-    info.update(fallback_rows_near=near[2], fallback_rows_far=far[2], exact_pairs=exact.count)
+    info.update(fallback_rows_near=near[2], fallback_rows_far=far[2], exact_pairs=exact.count,
+                reranked_rows_near=near[3], reranked_rows_far=far[3])
     _warn_fallbacks(near[2] + far[2], n)
     return Neighbours(near[0], near[1], far[0], far[1], info)
 
@@ -808,7 +812,7 @@ def _base_info(plan: _Plan, stats: _Stats, eps: Tensor, tiles: int, bound: str, 
 
 def _certify_and_rerank(lists, row0: int, plan: _Plan, eps: Tensor, exact: "_ExactPairs", rerank: str):
     """Pass 3: certify the CPU candidate lists of rows row0.. (eps of all rows) and re-rank the
-    ambiguous groups exactly; returns (near, far), each (idx, dist, fallback_rows)."""
+    ambiguous groups exactly; returns (near, far), each (idx, dist, fallback_rows, reranked_rows)."""
     near_d, near_i, far_d, far_i = lists
     rows = near_d.shape[0] if plan.kn2 else far_d.shape[0]
     e = eps[row0:row0 + rows]
@@ -825,12 +829,13 @@ def _warn_fallbacks(count: int, n: int) -> None:
 
 
 def _finish(ad: Tensor, ai: Tensor, k: int, eps: Tensor, exact: _ExactPairs, n: int, far: bool,
-            rerank: str, row0: int = 0, rows: Optional[int] = None) -> Tuple[Tensor, Tensor, int]:
+            rerank: str, row0: int = 0, rows: Optional[int] = None) -> Tuple[Tensor, Tensor, int, int]:
     """Certify the candidate lists of rows row0..row0+rows, re-rank ambiguous groups exactly,
-    fall back where needed."""
+    fall back where needed.  Returns (idx, dist, rows that fell back, rows with an exact
+    re-ranked group)."""
     rows = n if rows is None else rows
     if k == 0:
-        return torch.empty((rows, 0), dtype=torch.int64), torch.empty((rows, 0), dtype=torch.float64), 0
+        return torch.empty((rows, 0), dtype=torch.int64), torch.empty((rows, 0), dtype=torch.float64), 0, 0
     K = ad.shape[1]
     a = ad.double()
     tol = (2 * eps)[:, None]
@@ -862,7 +867,7 @@ def _finish(ad: Tensor, ai: Tensor, k: int, eps: Tensor, exact: _ExactPairs, n: 
         o = _lexsort_rows(torch.zeros((1, n - 1), dtype=torch.int64), d[None], cols[None], far)[0, :k]
         out_i[row] = cols[o]
         out_d[row] = d[o]
-    return out_i, out_d, int(bad.numel())
+    return out_i, out_d, int(bad.numel()), int(need.any(1).sum())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -335,10 +335,11 @@ def mine_distributed(src: "_m._Source", plan: "_m._Plan", group, *, bound: str, 
     got = comm.all_gather("gathering the result", pack)
     full = torch.cat([g[:e - s] for g, (s, e) in zip(got, owners)])
     counts = comm.all_reduce("gathering the result", torch.tensor(
-        [near[2], far[2], exact.count, computed, comm.bytes_sent], dtype=torch.int64))
+        [near[2], far[2], exact.count, computed, comm.bytes_sent, near[3], far[3]], dtype=torch.int64))
     info = _m._base_info(plan, stats, eps, len(pairs), bound, lam, margin)
     info.update(fallback_rows_near=int(counts[0]), fallback_rows_far=int(counts[1]),
-                exact_pairs=int(counts[2]), world_size=K, rank=rank, tiles_rank=len(my_pairs),
+                exact_pairs=int(counts[2]), reranked_rows_near=int(counts[5]),
+                reranked_rows_far=int(counts[6]), world_size=K, rank=rank, tiles_rank=len(my_pairs),
                 tiles_computed=computed, tiles_computed_all=int(counts[3]),
                 bytes_exchanged=int(counts[4]), bytes_sent_rank=comm.bytes_sent)
     if rank == 0:
