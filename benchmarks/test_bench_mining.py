@@ -1,5 +1,5 @@
-"""Benchmarks of exact neighbour mining (fastep.ops.mining.mine_neighbours) against chunked
-``torch.cdist`` + ``topk`` on the same data in the same run.
+"""Benchmarks of exact neighbour mining (fastep.ops.mining.mine_neighbours) against eager
+PyTorch on the same data, in the same dtype, in the same run.
 
     python -m pytest benchmarks/test_bench_mining.py                      # CUDA if present, else CPU
     python -m pytest benchmarks/test_bench_mining.py --fastep-results benchmarks/results
@@ -9,17 +9,28 @@ Groups (k_near = 5, k_far = 13, D = 305,888 = the VGG16 relu{1..5}_2 Gram vector
 * ``mine``      synthetic style-like Gram vectors (a low-rank "style" part + noise, positive,
                 correlated like real Gram vectors).  CUDA: N = 1k, 10k (bf16 vectors on the GPU)
                 and 100k (bf16 vectors in pinned host memory: 61 GB, streamed under the memory
-                budget; no baseline, it would take minutes).  CPU: N = 500 at D = 32,768, and the
-                issue's target size N = 2k at D = 305,888 (FASTEP_BENCH_MINING_CPU_BIG=0 skips it).
-                baseline: ``cdist_topk_baseline`` (fp32, 1024-row chunks: cdist, square, self
-                masked, topk of both ends) -- the same definition fastep computes exactly.
-* ``mine_e2e``  end to end from images on CUDA: N generated 256 x 256 images -> VGG16 (random
-                weights unless ImageNet weights are present; same cost) -> Gram vectors (bf16)
-                -> mining.  N = 1k, 10k (FASTEP_BENCH_MINING_E2E="1000,10000,100000" adds 100k).
+                budget; no baseline, it would take minutes).  CPU (fp32): N = 500 at D = 32,768,
+                and the issue's target size N = 2k at D = 305,888 (FASTEP_BENCH_MINING_CPU_BIG=0
+                skips it).  Impls, all in fastep's dtype (CPU fp32, CUDA bf16 inputs with fp32
+                accumulation and fp32 distances):
 
-``flops`` = 2 N N D (the full all-pairs GEMM, what the baseline computes); fastep does about half
-(symmetric tiles), so its TFLOP/s column is "effective" all-pairs throughput.  ``pairs_per_s`` in
-the extra columns is N^2 / time.  Env FASTEP_BENCH_MINING_N="1000,10000" overrides the CUDA sizes.
+                - ``baseline``: chunked ``torch.cdist`` + ``topk`` of both ends (CPU; cdist has
+                  no bf16 kernel) or chunked ``torch.mm`` (bf16 in, fp32 out) + norms + ``topk``
+                  (CUDA): what a user writes; it computes all N^2 pairs;
+                - ``mm_topk`` (CPU): the same chunked ``torch.mm`` formulation in fp32;
+                - ``matmul``: the GEMM-rate yardstick, a row block times all rows
+                  (``torch.mm``, same dtype), no selection;
+                - ``fastep``.
+
+``flops`` is the work each impl does: 2 N^2 D for the baselines; for fastep the tile pairs it
+computes (the upper triangle of blocks, 2 r_I r_J D each; on CUDA half of each diagonal tile),
+about N^2 D; for ``matmul`` its block.  So TFLOP/s is each impl's own rate, and fastep's
+``pct_of_matmul`` (its TFLOP/s over the yardstick's) compares equal work rates.  Before any
+timing each case checks that the baseline's neighbours equal fastep's (exact) ones within the
+baseline's rounding: position by position, the exact distances of the baseline's picks equal
+fastep's within the bound (the index sets may differ only inside near-ties the baseline cannot
+resolve; ``rows_differing`` counts those rows).  ``pairs_per_s`` in the extra columns is
+N^2 / time.  Env FASTEP_BENCH_MINING_N="1000,10000" overrides the CUDA sizes.
 """
 from __future__ import annotations
 
@@ -80,28 +91,117 @@ def _data(key, make):
     return _DATA[key]
 
 
-@pytest.mark.parametrize("impl", ["fastep", "baseline"])
+def mm_topk_baseline(x, k_near=K_NEAR, k_far=K_FAR, block=1024):
+    """Chunked GEMM formulation: |x_i|^2 + |x_j|^2 - 2 x_i.x_j with ``torch.mm`` in x's dtype
+    (bf16 inputs -> fp32 output on CUDA), self masked, ``topk`` of both ends; all N^2 pairs."""
+    n = x.shape[0]
+    sq = x.float().square().sum(1)
+    out = [[], [], [], []]
+    for s in range(0, n, block):
+        xb = x[s:s + block]
+        if x.is_cuda and x.dtype != torch.float32:
+            g = torch.mm(xb, x.t(), out_dtype=torch.float32)
+        else:
+            g = torch.mm(xb, x.t()).float()
+        d = (sq[s:s + block, None] + sq[None, :] - 2 * g).clamp_min_(0)
+        r = torch.arange(d.shape[0], device=x.device)
+        d[r, r + s] = float("inf")
+        dn, inn = torch.topk(d, k_near, dim=1, largest=False)
+        d[r, r + s] = float("-inf")
+        df, inf = torch.topk(d, k_far, dim=1, largest=True)
+        for lst, v in zip(out, (inn, dn, inf, df)):
+            lst.append(v)
+    return tuple(torch.cat(v) for v in out)
+
+
+def fastep_flops(n, d, block_rows, half_diagonal):
+    """The GEMM work of fastep's tile pairs (upper triangle of B x B blocks)."""
+    total = 0.0
+    for si in range(0, n, block_rows):
+        ri = min(n, si + block_rows) - si
+        for sj in range(si, n, block_rows):
+            rj = min(n, sj + block_rows) - sj
+            total += 2.0 * ri * rj * d * (0.5 if half_diagonal and si == sj else 1.0)
+    return total
+
+
+def check_same_neighbours(nb, base, x):
+    """The baseline's picks equal fastep's exact neighbours within the baseline's rounding.
+
+    Position by position, the float64 distances of the baseline's picks equal fastep's (sets
+    may differ only where distances tie within the bound); returns the rows whose index lists
+    differ."""
+    from fastep.ops.mining import error_bound, pair_sqdist
+
+    n = x.shape[0]
+    norms = x.float().square().sum(1).double().sqrt().cpu()  # the baseline does not centre
+    q4 = x.float().pow(4).sum(1).double().pow(0.25).cpu()
+    dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32
+    eps = error_bound(norms, q4, float(norms.max()), float(q4.max()), x.shape[1], dtype,
+                      x.device.type if dtype != torch.float32 else "cpu")
+    tol = (2 * eps + nb.info["eps_max"])[:, None]
+    differing = 0
+    for got_i, got_d, base_i, far in ((nb.near_idx, nb.near_dist, base[0], False),
+                                      (nb.far_idx, nb.far_dist, base[2], True)):
+        bi = base_i.cpu().long()
+        rows = torch.arange(n)[:, None].expand_as(bi)
+        bd = pair_sqdist(x, x, rows.reshape(-1).to(x.device), bi.reshape(-1).to(x.device)).cpu().view_as(bi)
+        bd = bd.sort(1, descending=far).values
+        assert ((bd - got_d).abs() <= tol).all(), \
+            f"{'far' if far else 'near'} neighbours of the baseline differ from fastep's beyond the bound"
+        differing += int((bi != got_i).any(1).sum())
+    return differing
+
+
+_YARDSTICK = {}
+
+
+def _record_pct(rec, key, impl):
+    if impl == "matmul":
+        _YARDSTICK[key] = rec.tflops
+    elif impl == "fastep" and _YARDSTICK.get(key):
+        rec.extra.update(pct_of_matmul=100.0 * rec.tflops / _YARDSTICK[key])
+
+
+@pytest.mark.parametrize("impl", ["matmul", "fastep", "baseline", "mm_topk"])
 @pytest.mark.parametrize("n,d", _cpu_cases())
 def test_mine_cpu(fastep_bench, device, n, d, impl):
     if device != "cpu":
         pytest.skip("CPU sizes")
     x = _data(("cpu", n, d), lambda: synthetic_gram_vectors(n, d))
-    big = n * d > 1 << 28
-    kw = dict(group="mine", case=f"N{n}_D{d}_fp32", device="cpu", flops=2.0 * n * n * d,
-              warmup=0, rounds=3, N=n, D=d)  # median of 3: the first (cold) call is an outlier
+    kw = dict(group="mine", case=f"N{n}_D{d}_fp32", device="cpu", warmup=0, rounds=3, N=n, D=d)
+    # median of 3 (no warm-up): the first (cold) call is an outlier
     res = {}
     if impl == "fastep":
+        res["nb"] = mine_neighbours(x, K_NEAR, K_FAR, device="cpu")
+        rows = check_same_neighbours(res["nb"], R.cdist_topk_baseline(x, K_NEAR, K_FAR), x)
+
         def fn():
             res["nb"] = mine_neighbours(x, K_NEAR, K_FAR, device="cpu")
             return res["nb"]
-    else:
+        flops = fastep_flops(n, d, res["nb"].info["block_rows"], half_diagonal=False)
+    elif impl in ("baseline", "mm_topk"):
+        base = R.cdist_topk_baseline if impl == "baseline" else mm_topk_baseline
+        rows = check_same_neighbours(mine_neighbours(x, K_NEAR, K_FAR, device="cpu"), base(x), x)
+
         def fn():
-            return R.cdist_topk_baseline(x, K_NEAR, K_FAR)
-    rec = fastep_bench(fn, impl=impl, **kw)
-    rec.extra.update(pairs_per_s=n * n / rec.median_s)
+            return base(x, K_NEAR, K_FAR)
+        flops = 2.0 * n * n * d
+    else:
+        blk = x[: min(n, 512)]
+
+        def fn():
+            return torch.mm(blk, x.t())
+        flops = 2.0 * blk.shape[0] * n * d
+    rec = fastep_bench(fn, impl=impl, flops=flops, **kw)
+    _record_pct(rec, ("cpu", n, d), impl)
+    if impl != "matmul":
+        rec.extra.update(pairs_per_s=n * n / rec.median_s, rows_differing=rows)
     if impl == "fastep":
-        rec.extra.update(exact_pairs=res["nb"].info["exact_pairs"],
-                         fallback_rows=res["nb"].info["fallback_rows_near"] + res["nb"].info["fallback_rows_far"])
+        info = res["nb"].info
+        rec.extra.update(exact_pairs=info["exact_pairs"],
+                         fallback_rows=info["fallback_rows_near"] + info["fallback_rows_far"],
+                         reranked_rows=info["reranked_rows_near"] + info["reranked_rows_far"])
 
 
 def _cuda_data(n):
@@ -116,7 +216,7 @@ def _cuda_data(n):
     return synthetic_gram_vectors(n, d, device="cuda", dtype=torch.bfloat16), host
 
 
-@pytest.mark.parametrize("impl", ["fastep", "baseline", "matmul_bf16"])
+@pytest.mark.parametrize("impl", ["matmul", "fastep", "baseline"])
 @pytest.mark.parametrize("n", _env_list("FASTEP_BENCH_MINING_N", (1000, 10000, 100000)))
 def test_mine_cuda(fastep_bench, device, n, impl):
     if device != "cuda":
@@ -124,34 +224,41 @@ def test_mine_cuda(fastep_bench, device, n, impl):
     d = D_VGG16
     x, host = _data(("cuda", n), lambda: _cuda_data(n))
     if host and impl != "fastep":
-        pytest.skip("no baseline at host-streaming sizes (minutes)")
+        pytest.skip("no baseline or yardstick at host-streaming sizes (minutes)")
     case = f"N{n}_D{d}_bf16{'_host' if host else ''}"
     kw = dict(group="mine", case=case, device="cuda", N=n, D=d, warmup=1 if n >= 10000 else 2,
               rounds=1 if n >= 100000 else (3 if n >= 10000 else None))
-    res = {}
+    res, rows = {}, None
     if impl == "fastep":
+        res["nb"] = mine_neighbours(x, K_NEAR, K_FAR, device="cuda")
+        if not host:
+            rows = check_same_neighbours(res["nb"], mm_topk_baseline(x), x)
+
         def fn():
             res["nb"] = mine_neighbours(x, K_NEAR, K_FAR, device="cuda")
             return res["nb"]
-        flops = 2.0 * n * n * d
-    elif impl == "baseline":
-        xf = x.float()
+        flops = fastep_flops(n, d, res["nb"].info["block_rows"], half_diagonal=True)
+    elif impl == "baseline":  # bf16 inputs, fp32 distances: fastep's precision
+        rows = check_same_neighbours(mine_neighbours(x, K_NEAR, K_FAR, device="cuda"), mm_topk_baseline(x), x)
 
         def fn():
-            return R.cdist_topk_baseline(xf, K_NEAR, K_FAR)
+            return mm_topk_baseline(x)
         flops = 2.0 * n * n * d
     else:  # the bf16 GEMM-rate yardstick: a 4096-row block against all rows
         blk = x[: min(n, 4096)]
 
         def fn():
-            return blk @ x.t()
+            return torch.mm(blk, x.t(), out_dtype=torch.float32)
         flops = 2.0 * blk.shape[0] * n * d
     rec = fastep_bench(fn, impl=impl, flops=flops, **kw)
-    rec.extra.update(pairs_per_s=(n * n if impl != "matmul_bf16" else min(n, 4096) * n) / rec.median_s)
+    _record_pct(rec, ("cuda", n), impl)
+    if impl != "matmul":
+        rec.extra.update(pairs_per_s=n * n / rec.median_s, rows_differing=rows)
     if impl == "fastep":
         info = res["nb"].info
         rec.extra.update(host_streaming=host, exact_pairs=info["exact_pairs"],
                          fallback_rows=info["fallback_rows_near"] + info["fallback_rows_far"],
+                         reranked_rows=info["reranked_rows_near"] + info["reranked_rows_far"],
                          block_rows=info["block_rows"])
 
 
