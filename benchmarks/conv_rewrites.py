@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from fastep.models.layers import EqConv2d, minibatch_stddev
+from fastep.nn.layers import EqConv2d, minibatch_stddev
 from fastep.nn import aligned as al
 
 

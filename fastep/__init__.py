@@ -6,7 +6,7 @@ its home module on first use):
 * ``fastep.ops``     fused ops: Gram matrices, style losses/distances, exact neighbour mining;
 * ``fastep.nets``    VGG / AlexNet feature extractors with ImageNet or seeded random weights;
 * ``fastep.losses``  PerceptualLoss, StyleLoss, adversarial losses, LPIPS;
-* ``fastep.models``  StEP generator, style encoder, discriminator, mapper;
+* ``fastep.zoo``     the systems (StEP: generator, style encoder, discriminator, mapper);
 * ``fastep.data``    paired image folders and the built-in generated data set;
 * ``fastep.train``   the staged trainer; ``fastep.eval`` metrics and figures.
 """
@@ -34,10 +34,10 @@ _EXPORTS = {
     "StyleLoss": "fastep.losses",
     "LPIPS": "fastep.losses",
     # models
-    "Generator": "fastep.models",
-    "StyleEncoder": "fastep.models",
-    "MultiScaleDiscriminator": "fastep.models",
-    "Mapper": "fastep.models",
+    "Generator": "fastep.zoo.step",
+    "StyleEncoder": "fastep.zoo.step",
+    "MultiScaleDiscriminator": "fastep.zoo.step",
+    "Mapper": "fastep.zoo.step",
 }
 
 __all__ = ["__version__", "info", *_EXPORTS]

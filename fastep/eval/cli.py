@@ -31,12 +31,19 @@ def _cuda() -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..train.checkpoint import CheckpointError
     from .evaluate import EvalConfig, evaluate_checkpoint, markdown_report, write_report
 
-    cfg = EvalConfig(n_inputs=args.n_inputs, n_styles=args.n_styles, max_recon=args.max_recon,
-                     style_source=args.style_source, lpips_net=args.lpips_net, lpips_weights=args.lpips_weights,
-                     inception_weights=args.inception, ema=not args.no_ema)
-    report = evaluate_checkpoint(args.checkpoint, args.data, cfg, args.device)
+    try:
+        cfg = EvalConfig(n_inputs=args.n_inputs, n_styles=args.n_styles, max_recon=args.max_recon,
+                         style_source=args.style_source, lpips_net=args.lpips_net,
+                         lpips_weights=args.lpips_weights, inception_weights=args.inception, ema=not args.no_ema)
+        report = evaluate_checkpoint(args.checkpoint, args.data, cfg, args.device)
+    except (CheckpointError, ValueError, FileNotFoundError) as err:
+        print(f"fastep eval: error: {err}", file=sys.stderr)
+        return 1
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval.json"
     write_report(report, out)
     print(markdown_report([report]))

@@ -161,13 +161,13 @@ def style_capture(E, styles, resolution: int, *, batch_size: int, device) -> Dic
 def evaluate_checkpoint(checkpoint: Union[str, Path], data_root: Union[str, Path], cfg: EvalConfig = EvalConfig(),
                         device: Union[str, torch.device] = "cpu") -> Dict[str, object]:
     """All metrics of one checkpoint on one data set (see the module docstring)."""
+    from fastep import zoo
     from fastep.data import BuiltinStyles
-    from fastep.train.checkpoint import load_models
-    from fastep.train.step import build_models
 
     device = torch.device(device)
     data_root = Path(data_root)
-    G, E, model_cfg, extras = load_models(checkpoint, device, ema=cfg.ema)
+    model = zoo.load(checkpoint, device, ema=cfg.ema)
+    G, E, model_cfg, extras = model.G, model.E, model.model_cfg, model.extras
     res = int(model_cfg.resolution)
     report: Dict[str, object] = {"checkpoint": str(checkpoint), "data": str(data_root),
                                  "stage": extras.get("stage"), "kimg": extras.get("kimg"),
@@ -198,7 +198,7 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], data_root: Union[str, Path
         styles = BuiltinStyles.load(data_root)
         trained = style_capture(E, styles, res, batch_size=cfg.batch_size, device=device)
         torch.manual_seed(cfg.seed)
-        E_rand = build_models(model_cfg, device).E.eval()
+        E_rand = zoo.get(model.system).build(model_cfg)["E"].to(device).eval()
         rand = style_capture(E_rand, styles, res, batch_size=cfg.batch_size, device=device)
         report["style_capture"] = {"trained": trained, "random_init": rand,
                                    "probe_mean_gain": trained["probe_mean"] - rand["probe_mean"],

@@ -1,7 +1,7 @@
 """The paper's figures as PNG files: style-transfer grids, interpolation strips, sampling grids,
 2-D embeddings of style codes, and a validation curve across training stages.
 
-Generators are called as ``G(A, z)`` and encoders as ``E(B) -> z`` (fastep.models, or any modules
+Generators are called as ``G(A, z)`` and encoders as ``E(B) -> z`` (fastep.zoo.step, or any modules
 with that signature).  Images are in [-1, 1]; every function returns the path it wrote.
 """
 from __future__ import annotations

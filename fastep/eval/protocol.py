@@ -38,7 +38,7 @@ def _lpips_curve(run_dir: Path, data_root: Path, cfg: EvalConfig, device, lpips)
             boundaries[f"stage {stage}"] = offset
         last = 0.0
         for path in ckpts:
-            kimg = float(load_checkpoint(path).get("kimg") or 0.0)
+            kimg = float(load_checkpoint(path).kimg)
             G, E, mcfg, _ = load_models(path, device, ema=cfg.ema)
             val = _val_tensors(data_root, int(mcfg.resolution), cfg.max_recon)
             r = reconstruction(G, E, val["A"], val["B"], lpips, batch_size=cfg.batch_size, device=device)

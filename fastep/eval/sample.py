@@ -31,16 +31,15 @@ def load_image_file(path: PathLike, resolution: int, half: str = "auto") -> torc
 def transfer(checkpoint: PathLike, inputs: Sequence[PathLike], styles: Sequence[PathLike], out: PathLike, *,
              input_half: str = "auto", style_half: str = "auto", device="cpu", ema: bool = True) -> Path:
     """Grid of G(A_i, E(B_j)) for input files A_i and style files B_j, written to ``out`` (PNG)."""
-    from fastep.train.checkpoint import load_models
-
     if not inputs:
         raise ValueError("inputs: give at least one input image")
     if not styles:
         raise ValueError("styles: give at least one style image")
-    G, E, cfg, _ = load_models(checkpoint, device, ema=ema)
-    A = torch.stack([load_image_file(p, cfg.resolution, input_half) for p in inputs]).to(device)
-    B = torch.stack([load_image_file(p, cfg.resolution, style_half) for p in styles]).to(device)
-    return style_transfer_grid(G, E, A, B, out)
+    model = _load(checkpoint, device, ema)
+    res = model.model_cfg.resolution
+    A = torch.stack([load_image_file(p, res, input_half) for p in inputs]).to(device)
+    B = torch.stack([load_image_file(p, res, style_half) for p in styles]).to(device)
+    return style_transfer_grid(model.G, model.E, A, B, out)
 
 
 @torch.no_grad()
@@ -48,30 +47,35 @@ def sample(checkpoint: PathLike, inputs: Sequence[PathLike], out: PathLike, *, n
            seed: int = 0, device="cpu", ema: bool = True) -> Path:
     """Rows of ``n`` random outputs per input, from the mapper and from N(mu, sigma) where the
     checkpoint has them."""
-    from fastep.train.checkpoint import load_models
-
-    G, E, cfg, extras = load_models(checkpoint, device, ema=ema)
-    A = torch.stack([load_image_file(p, cfg.resolution, input_half) for p in inputs]).to(device)
-    noise = torch.randn(n, cfg.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    model = _load(checkpoint, device, ema)
+    A = torch.stack([load_image_file(p, model.model_cfg.resolution, input_half) for p in inputs]).to(device)
     sets = {}
-    if extras.get("mapper") is not None:
-        sets["mapper"] = extras["mapper"](noise)
-    if extras.get("z_stats") is not None:
-        sets["gaussian"] = extras["z_stats"]["mu"] + extras["z_stats"]["sigma"] * noise
+    if model.mapper is not None:
+        sets["mapper"] = model.sample_codes(n, seed, how="mapper")
+    if model.z_stats is not None:
+        sets["gaussian"] = model.sample_codes(n, seed, how="gaussian")
     if not sets:
         raise ValueError(f"checkpoint {checkpoint}: no mapper and no z_stats; train the mapper stage first "
                          "or use style transfer (transfer())")
-    return sampling_grid(G, A, sets, out)
+    return sampling_grid(model.G, A, sets, out)
 
 
 @torch.no_grad()
 def interpolate(checkpoint: PathLike, inputs: Sequence[PathLike], style_a: PathLike, style_b: PathLike,
                 out: PathLike, *, steps: int = 8, device="cpu", ema: bool = True) -> Path:
     """Strips G(A, lerp(E(style_a), E(style_b), t)) for every input."""
-    from fastep.train.checkpoint import load_models
+    model = _load(checkpoint, device, ema)
+    res = model.model_cfg.resolution
+    A = torch.stack([load_image_file(p, res) for p in inputs]).to(device)
+    za = model.encode(load_image_file(style_a, res).unsqueeze(0).to(device))
+    zb = model.encode(load_image_file(style_b, res).unsqueeze(0).to(device))
+    return interpolation_strips(model.G, A, za, zb, out, steps=steps)
 
-    G, E, cfg, _ = load_models(checkpoint, device, ema=ema)
-    A = torch.stack([load_image_file(p, cfg.resolution) for p in inputs]).to(device)
-    za = E(load_image_file(style_a, cfg.resolution).unsqueeze(0).to(device))
-    zb = E(load_image_file(style_b, cfg.resolution).unsqueeze(0).to(device))
-    return interpolation_strips(G, A, za, zb, out, steps=steps)
+
+def _load(checkpoint: PathLike, device, ema: bool):
+    from fastep import zoo
+
+    model = zoo.load(checkpoint, device, ema=ema)
+    if model.system != "step":
+        raise ValueError(f"checkpoint {str(checkpoint)!r} is a {model.system!r} model; these figures are StEP's")
+    return model

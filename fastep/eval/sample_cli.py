@@ -22,16 +22,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..train.checkpoint import CheckpointError
     from . import sample as S
 
     in_half, st_half = ("A", "B") if args.ab else ("auto", "auto")
-    if args.interpolate:
-        path = S.interpolate(args.checkpoint, args.input, *args.interpolate, args.out, device=args.device)
-    elif args.styles:
-        path = S.transfer(args.checkpoint, args.input, args.styles, args.out, input_half=in_half,
-                          style_half=st_half, device=args.device)
-    else:
-        path = S.sample(args.checkpoint, args.input, args.out, n=args.n, input_half=in_half, seed=args.seed,
-                        device=args.device)
+    try:
+        if args.interpolate:
+            path = S.interpolate(args.checkpoint, args.input, *args.interpolate, args.out, device=args.device)
+        elif args.styles:
+            path = S.transfer(args.checkpoint, args.input, args.styles, args.out, input_half=in_half,
+                              style_half=st_half, device=args.device)
+        else:
+            path = S.sample(args.checkpoint, args.input, args.out, n=args.n, input_half=in_half, seed=args.seed,
+                            device=args.device)
+    except (CheckpointError, ValueError, FileNotFoundError) as err:
+        print(f"fastep sample: error: {err}", file=sys.stderr)
+        return 1
     print(f"wrote {path}")
     return 0

@@ -23,7 +23,7 @@ checkpoints; only the arithmetic that runs changes.
 * :func:`conv_census` -- every convolution (forward, input- and weight-gradient) a function
   runs, with FLOPs and whether its channel counts are aligned; runs on meta tensors for free.
 
-The functions work on any module with the :class:`~fastep.models.layers.EqConv2d` interface
+The functions work on any module with the :class:`~fastep.nn.layers.EqConv2d` interface
 (``weight``, ``bias``, ``scale``, ``equalized``, ``kernel``, ``stride``, ``in_ch``, ``out_ch``).
 """
 from __future__ import annotations

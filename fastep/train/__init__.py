@@ -1,12 +1,14 @@
-"""StEP training: configs, the one training step, the trainer loop, stage 1 and the mapper.
+"""The system-agnostic training machinery every zoo system uses.
 
-* :mod:`fastep.train.config`  -- ``ModelConfig``, ``LossConfig`` (``LossConfig.preset("ours_v3")``),
-  ``OptimConfig``, ``TrainConfig``;
-* :mod:`fastep.train.step`    -- ``build_models``, ``TrainStep``, ``make_train_step``;
-* :mod:`fastep.train.trainer` -- the loop (checkpoints, resume, logging, DDP);
-* :mod:`fastep.train.stage1`, :mod:`fastep.train.mapper` -- encoder pre-training, IMLE mapper.
+* :mod:`fastep.train.trainer`     -- the loop (LR schedule, kimg, NaN stop, signals, resume);
+* :mod:`fastep.train.checkpoint`  -- the one checkpoint schema (:class:`Checkpoint`), its writer,
+  its reader (``weights_only``), RNG capture and the numbered-checkpoint manager;
+* :mod:`fastep.train.outputs`     -- TensorBoard, PNG grids, JSON;
+* :mod:`fastep.train.distributed` -- torchrun process groups;
+* :mod:`fastep.train.cli`         -- ``fastep train``.
 
-Names are imported lazily from their home modules on first use.
+A system's own networks, configs, steps and stages live in ``fastep.zoo.<system>`` (StEP:
+:mod:`fastep.zoo.step`).  Names are imported lazily from their home modules on first use.
 """
 from __future__ import annotations
 
@@ -14,11 +16,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ModelConfig": "config", "LossConfig": "config", "OptimConfig": "config", "TrainConfig": "config",
-    "PRESETS": "config", "APPROACHES": "config", "lr_scale_at": "config",
-    "Models": "step", "build_models": "step", "TrainStep": "step", "make_train_step": "step",
-    "LOSS_KEYS": "step",
-    "Trainer": "trainer",
+    "Trainer": "trainer", "NonFiniteLossError": "trainer", "TrainingInterrupted": "trainer",
+    "Checkpoint": "checkpoint", "CheckpointError": "checkpoint", "CheckpointManager": "checkpoint",
+    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,111 +1,261 @@
-"""Atomic training checkpoints, RNG capture/restore, and loading trained models.
+"""The fastep checkpoint: one versioned schema, one writer, one reader, for every system and stage.
 
-Checkpoint format (a plain dict written with :func:`torch.save`, read with ``torch.load``):
+A checkpoint is a :class:`Checkpoint`; on disk it is ``torch.save(Checkpoint.to_dict())``,
+written atomically (:func:`fastep.io.atomic_write`: temp file, fsync, rename) and read back
+with ``torch.load(weights_only=True)`` and an explicit allow-list, so a checkpoint from an
+untrusted source can never run code: it may hold tensors, numbers, strings, ``None``, lists,
+tuples and dicts of those, and (only in files written before format 1) the numpy arrays of a
+numpy RNG state.  Anything else is refused with a one-line :class:`CheckpointError`.
 
-``"model_cfg"``  ``dataclasses.asdict(ModelConfig)``
-``"train_cfg"``  ``dataclasses.asdict(TrainConfig)`` (or a plain dict)
-``"G"``, ``"E"``, ``"D"``, ``"G_ema"``, ``"E_ema"``  state dicts (missing ones are ``None``)
-``"step"``, ``"kimg"``  progress of the stage when the checkpoint was written
-``"rng"``  :func:`capture_rng_state` of rank 0 (``"rng_per_rank"``: all ranks under DDP)
-``"stage"``  ``"1"``, ``"2"``, ``"3"`` or ``"mapper"``; ``"complete"``: the stage finished
-optional: ``"train_state"`` (the full :class:`~fastep.train.step.TrainStep` state: optimizers,
-EMA, LR scale), ``"loader"`` (epoch / position of the data loader), ``"mapper"`` (state dict),
-``"mapper_cfg"``, ``"z_stats"`` (``{"mu", "sigma"}``), ``"metrics"``.
+Format 1 (``format_version: 1``), the keys of the dict on disk:
 
-Writes are atomic: the bytes go to a temporary file in the same folder, are flushed and
-fsync'ed, then :func:`os.replace` moves them over the final name and the folder is fsync'ed, so
-a crash (even ``kill -9``) at any moment leaves either the old file or the new one, never a torn
-one.  :class:`CheckpointManager` keeps the last N checkpoints of a run and finds the newest one
-that loads.
+``format_version``  1
+``system``          the zoo entry that wrote it (``"step"``); :func:`fastep.zoo.load` finds the
+                    system from it
+``stage``           the system's stage name (StEP: ``"1"``, ``"2"``, ``"3"``, ``"mapper"``)
+``step``, ``kimg``, ``total_steps``, ``complete``  progress of that stage
+``configs``         ``{name: dataclasses.asdict(cfg)}`` (StEP: ``model``, ``train``, ``loss``,
+                    ``stage1``, ``mapper``, ``mapper_net``); each system reads its own
+``weights``         ``{network name: state dict or None}`` (StEP: ``G E D G_ema E_ema mapper``)
+``train_state``     the training step's full state (optimizers, EMA, LR scale) or ``None``
+``rng``, ``rng_per_rank``  :func:`capture_rng_state` of rank 0 / of every rank under DDP
+``loader``          data-loader position ``{epoch, pos, seed, world, batch_size}``
+``history``, ``wall_s``, ``metrics``  what the run logged
+``extras``          system-specific values (StEP: ``z_stats`` ``{mu, sigma}``, ``mapper_metrics``,
+                    ``approach``)
+
+Files written before format 1 (a flat dict with ``model_cfg``, ``G``, ``E``, ... at the top
+level, no ``format_version``) are read as StEP checkpoints through :data:`LEGACY_KEYS`, the
+only place where older key names are accepted.  Changing the format: bump
+:data:`FORMAT_VERSION`, add the reading of the previous version to :func:`_upgrade`, and keep
+a file of the previous version under ``tests/fixtures``.
+
+:class:`CheckpointManager` keeps the last N numbered checkpoints of a run and finds the newest
+one that loads.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import random
 import re
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
+from ..io import atomic_write
+
 PathLike = Union[str, os.PathLike]
 
 __all__ = [
-    "save_atomic", "load_checkpoint", "CheckpointManager", "capture_rng_state",
-    "restore_rng_state", "load_models", "CheckpointError",
+    "FORMAT_VERSION", "Checkpoint", "CheckpointError", "CheckpointManager", "save_checkpoint",
+    "load_checkpoint", "save_atomic", "capture_rng_state", "restore_rng_state", "load_models",
+    "LEGACY_KEYS",
 ]
+
+#: the version :class:`Checkpoint` writes
+FORMAT_VERSION = 1
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable or lacks the keys the caller needs."""
+    """A checkpoint file is missing, unreadable, not a fastep checkpoint, or lacks what the caller needs."""
 
 
-def _fsync_dir(folder: Path) -> None:
+# ----------------------------------------------------------------------------- the schema
+
+@dataclass
+class Checkpoint:
+    """One fastep checkpoint (see the module docstring for the meaning of every field)."""
+
+    system: str
+    stage: str
+    step: int = 0
+    kimg: float = 0.0
+    total_steps: Optional[int] = None
+    complete: bool = False
+    configs: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    weights: Dict[str, Optional[Dict[str, torch.Tensor]]] = field(default_factory=dict)
+    train_state: Optional[Dict[str, Any]] = None
+    rng: Optional[Dict[str, Any]] = None
+    rng_per_rank: Optional[List[Dict[str, Any]]] = None
+    loader: Optional[Dict[str, Any]] = None
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    wall_s: float = 0.0
+    metrics: Optional[Dict[str, Any]] = None
+    extras: Dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        if not isinstance(self.system, str) or not self.system:
+            raise ValueError(f"Checkpoint.system must be the name of a zoo system, got {self.system!r}")
+        self.stage = str(self.stage)
+        for name in ("configs", "weights", "extras"):
+            if not isinstance(getattr(self, name), dict):
+                raise TypeError(f"Checkpoint.{name} must be a dict, got {type(getattr(self, name)).__name__}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The dict written to disk (no copies of the tensors)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], source: str = "<dict>") -> "Checkpoint":
+        """Read a dict of any supported format version; ``source`` names it in errors."""
+        return _upgrade(data, source)
+
+    def save(self, path: PathLike, *, _before_replace=None) -> Path:
+        """Write atomically to ``path`` (the one writer of fastep checkpoints)."""
+        data = self.to_dict()
+        return atomic_write(path, lambda fh: torch.save(data, fh), _before_replace=_before_replace)
+
+    @classmethod
+    def load(cls, path: PathLike, map_location: Union[str, torch.device, None] = "cpu") -> "Checkpoint":
+        """Read ``path`` (the one reader); :class:`CheckpointError` naming the file on failure."""
+        return load_checkpoint(path, map_location)
+
+    def weights_for(self, name: str, ema: bool = False) -> Optional[Dict[str, torch.Tensor]]:
+        """The state dict of network ``name`` (``ema``: its EMA copy ``name_ema`` when present)."""
+        if ema and self.weights.get(f"{name}_ema") is not None:
+            return self.weights[f"{name}_ema"]
+        return self.weights.get(name)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Checkpoint))
+
+#: Keys of the flat dicts written before format 1 (all by StEP) and where format 1 keeps them.
+LEGACY_KEYS: Dict[str, Tuple[str, ...]] = {
+    "model_cfg": ("configs", "model"), "train_cfg": ("configs", "train"), "loss_cfg": ("configs", "loss"),
+    "stage1_cfg": ("configs", "stage1"), "mapper_cfg": ("configs", "mapper_net"),
+    "G": ("weights", "G"), "E": ("weights", "E"), "D": ("weights", "D"), "G_ema": ("weights", "G_ema"),
+    "E_ema": ("weights", "E_ema"), "mapper": ("weights", "mapper"),
+    "z_stats": ("extras", "z_stats"), "mapper_metrics": ("extras", "mapper_metrics"),
+    "approach": ("extras", "approach"),
+    "stage": ("stage",), "step": ("step",), "kimg": ("kimg",), "total_steps": ("total_steps",),
+    "complete": ("complete",), "rng": ("rng",), "rng_per_rank": ("rng_per_rank",), "loader": ("loader",),
+    "train_state": ("train_state",), "history": ("history",), "wall_s": ("wall_s",), "metrics": ("metrics",),
+}
+
+
+def _reject_unknown(keys, known, source: str, what: str) -> None:
+    unknown = sorted(set(keys) - set(known))
+    if unknown:
+        raise CheckpointError(f"{source}: unknown key(s) {unknown} in a {what}; known: {sorted(known)}")
+
+
+def _from_format0(data: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """A format-0 dict (flat, StEP only) in the layout of format 1."""
+    _reject_unknown(data, LEGACY_KEYS, source, "format-0 checkpoint")
+    new: Dict[str, Any] = {"system": "step", "configs": {}, "weights": {}, "extras": {}}
+    for key, value in data.items():
+        where = LEGACY_KEYS[key]
+        if len(where) == 1:
+            new[where[0]] = value
+        elif value is not None or where[0] == "weights":
+            new[where[0]][where[1]] = value
+    new.update(history=new.get("history") or [], wall_s=float(new.get("wall_s") or 0.0),
+               step=int(new.get("step") or 0), kimg=float(new.get("kimg") or 0.0),
+               complete=bool(new.get("complete", False)), format_version=FORMAT_VERSION)
+    return new
+
+
+def _upgrade(data: Any, source: str) -> Checkpoint:
+    expected = ("expected a fastep checkpoint: a dict with 'format_version' and 'system', "
+                "as written by `fastep train`")
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{source} is not a fastep checkpoint ({expected}; it holds a {type(data).__name__})")
+    version = data.get("format_version")
+    if version is None:
+        if "model_cfg" not in data or "stage" not in data:
+            keys = ", ".join(sorted(map(str, data))[:6]) + (", ..." if len(data) > 6 else "")
+            raise CheckpointError(f"{source} is not a fastep checkpoint ({expected}; it holds a dict with keys "
+                                  f"{keys or 'none'})")
+        data = _from_format0(data, source)
+    elif version != FORMAT_VERSION:
+        raise CheckpointError(f"{source}: checkpoint format {version!r} is not supported by this fastep "
+                              f"(it reads formats 0 to {FORMAT_VERSION}); update fastep")
+    _reject_unknown(data, _FIELDS, source, f"format-{FORMAT_VERSION} checkpoint")
+    missing = [k for k in ("system", "stage") if k not in data]
+    if missing:
+        raise CheckpointError(f"{source}: the checkpoint lacks {missing}")
     try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. platforms without directory fds
-        return
+        return Checkpoint(**data)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: malformed checkpoint ({err})") from None
+
+
+# ----------------------------------------------------------------------------- reading and writing
+
+def _numpy_globals() -> list:
+    """What the numpy RNG state of a format-0 checkpoint needs: a uint32 array (nothing else)."""
+    names = [np.ndarray, np.dtype]
     try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    names.append(_reconstruct)
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None and hasattr(dtypes, "UInt32DType"):
+        names.append(dtypes.UInt32DType)
+    return names
+
+
+#: What ``torch.load(weights_only=True)`` may build beyond tensors and plain Python containers.
+SAFE_GLOBALS = _numpy_globals()
+
+
+def save_checkpoint(ckpt: Checkpoint, path: PathLike, *, _before_replace=None) -> Path:
+    """``ckpt.save(path)``."""
+    if not isinstance(ckpt, Checkpoint):
+        raise TypeError(f"save_checkpoint writes a Checkpoint, got {type(ckpt).__name__}")
+    return ckpt.save(path, _before_replace=_before_replace)
 
 
 def save_atomic(obj: Any, path: PathLike, *, _before_replace=None) -> Path:
-    """``torch.save(obj, path)`` atomically: temp file in the same folder, fsync, rename.
+    """``torch.save(obj, path)`` atomically (for tensors that are not a checkpoint, e.g. caches)."""
+    return atomic_write(path, lambda fh: torch.save(obj, fh), _before_replace=_before_replace)
 
-    ``_before_replace`` is a test hook called with the temporary path after it was fsync'ed and
-    before the rename (the window in which a crash leaves only a stray ``.tmp`` file).
-    """
+
+def _refusal(err: Exception) -> str:
+    text = str(err)
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"GLOBAL ([\w.]+)", text)
+    what = f"a Python object `{m.group(1)}`" if m else "Python objects"
+    return f"it holds {what}, which a fastep checkpoint never does (refused: loading it could run code)"
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None] = "cpu") -> Checkpoint:
+    """Read a checkpoint of any supported format; :class:`CheckpointError` naming the file on failure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if _before_replace is not None:
-            _before_replace(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None] = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint dict; raises :class:`CheckpointError` naming the file on failure."""
-    path = Path(path)
+    src = f"checkpoint {str(path)!r}"
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+        raise CheckpointError(f"{src} does not exist")
     try:
-        # weights_only=False: the checkpoint holds numpy / python RNG states and config dicts.
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"checkpoint {str(path)!r} is unreadable "
-                              f"({type(err).__name__}: {err})") from err
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(ckpt).__name__}, expected a dict")
-    return ckpt
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err) or "GLOBAL" in str(err):
+            raise CheckpointError(f"{src} is not a fastep checkpoint: {_refusal(err)}") from None
+        raise CheckpointError(f"{src} is unreadable ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    except Exception as err:  # noqa: BLE001 - a torn or foreign file fails in many ways inside torch.load
+        first = (str(err).splitlines() or [""])[0]
+        raise CheckpointError(f"{src} is unreadable: not a complete torch.save file "
+                              f"({type(err).__name__}: {first})") from None
+    return _upgrade(data, src)
 
 
 # ----------------------------------------------------------------------------- RNG state
 
 def capture_rng_state() -> Dict[str, Any]:
-    """The state of every random generator training touches: torch CPU, CUDA, numpy, random."""
+    """The state of every random generator training touches: torch CPU, CUDA, numpy, random.
+
+    The numpy state is stored as plain values and a tensor (no numpy objects in checkpoints)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "python": random.getstate(),
         "cuda": None,
     }
@@ -115,15 +265,21 @@ def capture_rng_state() -> Dict[str, Any]:
 
 
 def restore_rng_state(state: Optional[Dict[str, Any]]) -> None:
-    """Inverse of :func:`capture_rng_state` (``None`` is a no-op)."""
+    """Inverse of :func:`capture_rng_state` (``None`` is a no-op; format-0 numpy tuples work too)."""
     if not state:
         return
     if state.get("torch") is not None:
         torch.set_rng_state(state["torch"].cpu())
-    if state.get("numpy") is not None:
-        np.random.set_state(state["numpy"])
-    if state.get("python") is not None:
-        random.setstate(state["python"])
+    npst = state.get("numpy")
+    if isinstance(npst, dict):
+        np.random.set_state((npst["kind"], npst["keys"].cpu().numpy().astype(np.uint32), npst["pos"],
+                             npst["has_gauss"], npst["cached_gaussian"]))
+    elif npst is not None:
+        np.random.set_state(npst)
+    py = state.get("python")
+    if py is not None:
+        version, internal, gauss = py
+        random.setstate((version, tuple(internal), gauss))
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available():
         n = min(len(cuda), torch.cuda.device_count())
@@ -139,10 +295,10 @@ _CKPT_RE = re.compile(r"^(?P<prefix>.+)-(?P<step>\d{8})\.pt$")
 class CheckpointManager:
     """Numbered checkpoints ``<prefix>-<step:08d>.pt`` in one folder, keeping the last ``keep``.
 
-    ``save`` is atomic (:func:`save_atomic`) and prunes older checkpoints only after the new
-    one is in place, so the folder always holds at least one complete checkpoint once the first
-    save returned.  ``latest()`` returns the newest checkpoint that actually loads (a file that
-    fails to load is reported and skipped, never silently used).
+    ``save`` is atomic and prunes older checkpoints only after the new one is in place, so the
+    folder always holds at least one complete checkpoint once the first save returned.
+    ``latest()`` returns the newest checkpoint that actually loads (a file that fails to load is
+    reported and skipped, never silently used).
     """
 
     def __init__(self, folder: PathLike, keep: int = 3, prefix: str = "ckpt"):
@@ -168,8 +324,8 @@ class CheckpointManager:
                 out.append((int(m.group("step")), p))
         return sorted(out)
 
-    def save(self, state: Dict[str, Any], step: int, *, _before_replace=None) -> Path:
-        path = save_atomic(state, self.path_for(step), _before_replace=_before_replace)
+    def save(self, ckpt: Checkpoint, step: int, *, _before_replace=None) -> Path:
+        path = save_checkpoint(ckpt, self.path_for(step), _before_replace=_before_replace)
         self.prune()
         return path
 
@@ -187,7 +343,7 @@ class CheckpointManager:
             except OSError:
                 pass
 
-    def latest(self, map_location="cpu", *, warn=print) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    def latest(self, map_location="cpu", *, warn=print) -> Optional[Tuple[Path, Checkpoint]]:
         """(path, checkpoint) of the newest loadable checkpoint, or ``None`` if there is none."""
         for _, p in reversed(self.list()):
             try:
@@ -204,65 +360,15 @@ class CheckpointManager:
 
 # ----------------------------------------------------------------------------- loading models
 
-def _cfg_from_dict(cls, data: Dict[str, Any]):
-    """Build dataclass ``cls`` from ``data``, ignoring keys the class does not know."""
-    if dataclasses.is_dataclass(data):
-        return data
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in dict(data).items() if k in names}
-    for f in dataclasses.fields(cls):  # tuples come back from asdict as tuples, lists as lists
-        if f.name in kwargs and isinstance(kwargs[f.name], list) and "Tuple" in str(f.type):
-            kwargs[f.name] = tuple(kwargs[f.name])
-    return cls(**kwargs)
-
-
-def model_config_from_checkpoint(ckpt: Dict[str, Any]):
-    from .config import ModelConfig
-
-    if "model_cfg" not in ckpt:
-        raise CheckpointError("checkpoint has no 'model_cfg' entry")
-    return _cfg_from_dict(ModelConfig, ckpt["model_cfg"])
-
-
 def load_models(path: PathLike, device: Union[str, torch.device] = "cpu", ema: bool = True):
-    """Load the trained generator and style encoder of a checkpoint for inference.
+    """StEP's networks of a checkpoint, read through :func:`fastep.zoo.load`.
 
     Returns ``(G, E, model_cfg, extras)``: ``G`` and ``E`` in eval mode on ``device`` with the EMA
-    weights when ``ema`` (and the checkpoint has them; otherwise the raw weights), the
-    :class:`~fastep.train.config.ModelConfig`, and ``extras``: a dict with ``"mapper"`` (a
-    :class:`~fastep.models.mapper.Mapper` in eval mode, or ``None``), ``"z_stats"``
-    (``{"mu","sigma"}`` tensors on ``device`` or ``None``), ``"stage"``, ``"step"``, ``"kimg"``,
-    ``"train_cfg"``, ``"metrics"`` and ``"path"``.
+    weights when ``ema`` (and the checkpoint has them), the model config, and ``extras`` with
+    ``"mapper"`` (or ``None``), ``"z_stats"`` (``{"mu", "sigma"}`` on ``device`` or ``None``),
+    ``"stage"``, ``"step"``, ``"kimg"``, ``"train_cfg"``, ``"metrics"`` and ``"path"``.
     """
-    from .step import build_models
+    from ..zoo import load
 
-    device = torch.device(device)
-    ckpt = load_checkpoint(path, map_location="cpu")
-    model_cfg = model_config_from_checkpoint(ckpt)
-    models = build_models(model_cfg, device)
-    G, E = models.G, models.E
-    for name, net in (("G", G), ("E", E)):
-        key = f"{name}_ema" if ema and ckpt.get(f"{name}_ema") is not None else name
-        sd = ckpt.get(key)
-        if sd is None:
-            if name == "G" and ckpt.get("stage") == "1":
-                continue  # a stage-1 checkpoint has only E
-            raise CheckpointError(f"checkpoint {str(path)!r} has no weights for {name} (key {key!r})")
-        net.load_state_dict(sd)
-        net.eval()
-    extras: Dict[str, Any] = {k: ckpt.get(k) for k in ("stage", "step", "kimg", "train_cfg", "metrics")}
-    extras["path"] = str(path)
-    extras["mapper"] = None
-    if ckpt.get("mapper") is not None:
-        from ..models.mapper import Mapper
-
-        mcfg = ckpt.get("mapper_cfg") or {}
-        try:
-            mapper = Mapper(**mcfg)
-        except TypeError:
-            mapper = Mapper()
-        mapper.load_state_dict(ckpt["mapper"])
-        extras["mapper"] = mapper.to(device).eval()
-    zs = ckpt.get("z_stats")
-    extras["z_stats"] = None if zs is None else {k: torch.as_tensor(v).to(device) for k, v in zs.items()}
-    return G, E, model_cfg, extras
+    tr = load(path, device=device, ema=ema)
+    return tr.G, tr.E, tr.model_cfg, tr.extras

@@ -64,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args):
-    from .pipeline import PipelineOptions
+    from ..zoo.step.pipeline import PipelineOptions
 
     stages = ("1", "2", "3", "mapper") if args.stage == "all" else (args.stage,)
     s2, s3 = args.stage2_kimg, args.stage3_kimg
@@ -101,8 +101,9 @@ def options_from_args(args):
 
 def run(args) -> int:
     from .checkpoint import CheckpointError
-    from .pipeline import run_pipeline
-    from .trainer import NonFiniteLossError, TrainingInterrupted, is_main_process
+    from ..zoo.step.pipeline import run_pipeline
+    from .distributed import is_main_process
+    from .trainer import NonFiniteLossError, TrainingInterrupted
 
     main = True
     try:

@@ -1,9 +1,9 @@
-"""The training loop of stages 2 and 3: LR schedule, kimg accounting, logging, checkpoints,
-resume, NaN stop and DistributedDataParallel.
+"""The system-agnostic training loop: LR schedule, kimg accounting, logging, checkpoints,
+resume, NaN stop, signals and data-parallel runs.
 
-The optimisation itself lives in :class:`fastep.train.step.TrainStep` (one D update and one
-G/E update per call, EMA included, returning detached loss tensors without a host sync).  The
-:class:`Trainer` drives it:
+The optimisation itself lives in the system's step object (:class:`fastep.zoo.TrainingStep`;
+StEP's is :class:`fastep.zoo.step.TrainStep`: one D update and one G/E update per call, EMA
+included, returning detached loss tensors without a host sync).  The :class:`Trainer` drives it:
 
 * **progress in kimg** (thousands of training images, summed over all ranks), a
   constant-then-linear-decay learning rate through ``step.set_lr_scale``;
@@ -12,7 +12,7 @@ G/E update per call, EMA included, returning detached loss tensors without a hos
   :class:`NonFiniteLossError` naming the loss and the exact step; the last good checkpoint is
   never overwritten by bad weights;
 * **checkpoints** every ``ckpt_every_kimg`` (atomic, the last ``keep`` kept) holding the model
-  weights (CONTRACTS format), the full step state (optimizers, EMA, LR scale), every RNG
+  weights (:class:`~fastep.train.checkpoint.Checkpoint`), the full step state (optimizers, EMA, LR scale), every RNG
   (torch, CUDA, numpy, python; per rank under DDP) and the data-loader position, so that a
   resumed run reproduces an uninterrupted one bit for bit;
 * **data order** from :func:`fastep.data.make_loader` (a ``DistributedSampler`` that can skip
@@ -21,33 +21,27 @@ G/E update per call, EMA included, returning detached loss tensors without a hos
   where a run was resumed;
 * **logging** on rank 0 only: a tqdm bar with kimg/s and losses, TensorBoard scalars and image
   grids (when the ``tensorboard`` package is installed; otherwise a one-line note), sample grids
-  as PNG, and a metrics JSON.
+  as PNG (when the step has ``preview(A, B, seed) -> [3, H, W]``), and a metrics JSON
+  (:mod:`fastep.train.outputs`); process groups come from :mod:`fastep.train.distributed`.
 """
 from __future__ import annotations
 
-import datetime
-import json
 import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from ..data.loader import SeededDataset, make_loader
-from .checkpoint import (CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state,
-                         save_atomic)
+from .checkpoint import Checkpoint, CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
+from .distributed import dist_info
+from .outputs import TensorBoardLogger, save_image_grid, write_json_atomic
 
-__all__ = [
-    "Trainer", "NonFiniteLossError", "TrainingInterrupted", "SeededDataset",
-    "lr_scale_at", "init_distributed", "dist_info", "is_main_process", "sample_grid",
-    "save_image_grid", "write_json_atomic", "TensorBoardLogger", "model_weights",
-]
+__all__ = ["Trainer", "NonFiniteLossError", "TrainingInterrupted", "lr_scale_at"]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -75,50 +69,6 @@ class NonFiniteLossError(RuntimeError):
                            "disable AMP (--no-amp) or resume from that checkpoint.")
 
 
-# ----------------------------------------------------------------------------- distributed
-
-def dist_info() -> Tuple[int, int]:
-    """(rank, world_size); (0, 1) when torch.distributed is not initialized."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main_process() -> bool:
-    return dist_info()[0] == 0
-
-
-# Rank 0 alone runs stage 1 (mining + triplet training) and the mapper while the others wait at
-# a barrier: give collectives far more than the default 10 minutes.
-_DIST_TIMEOUT = datetime.timedelta(hours=6)
-
-
-def init_distributed(device: Union[str, torch.device, None] = None) -> Tuple[torch.device, int, int]:
-    """Initialise torch.distributed from torchrun's environment (no-op without it).
-
-    NCCL when the device is CUDA (each process takes ``cuda:LOCAL_RANK``), gloo on CPU.  Returns
-    ``(device, rank, world_size)``.  Without ``WORLD_SIZE``>1 in the environment, nothing is
-    initialised and ``device`` is returned as given (default: CUDA if available, else CPU).
-    """
-    if device is None or str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or not dist.is_available():
-        return device, 0, 1
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local_rank)
-            device = torch.device("cuda", local_rank)
-            dist.init_process_group("nccl", device_id=device, timeout=_DIST_TIMEOUT)
-        else:
-            dist.init_process_group("gloo", timeout=_DIST_TIMEOUT)
-    elif device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device, dist.get_rank(), dist.get_world_size()
-
-
 def _unpack_batch(batch) -> Tuple[torch.Tensor, torch.Tensor]:
     if isinstance(batch, dict):
         return batch["A"], batch["B"]
@@ -141,176 +91,48 @@ def lr_scale_at(kimg_done: float, total_kimg: float, decay_start: float = 0.5, f
     return 1.0 + (final - 1.0) * frac
 
 
-# ----------------------------------------------------------------------------- logging helpers
-
-def write_json_atomic(obj: Any, path: Union[str, os.PathLike]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, default=_json_default)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def _json_default(o):
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if isinstance(o, (np.generic,)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    return repr(o)
-
-
-class TensorBoardLogger:
-    """TensorBoard scalars and images when ``tensorboard`` is installed; otherwise a no-op that
-    prints one note saying how to get it (never an error)."""
-
-    def __init__(self, log_dir: Union[str, os.PathLike, None], enabled: bool = True, note=print):
-        self.writer = None
-        self.note = None
-        if not enabled or log_dir is None:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except Exception as err:  # noqa: BLE001 - ImportError, or a broken install
-            self.note = (f"fastep: TensorBoard logging is off ({type(err).__name__}: {err}); "
-                         "`pip install tensorboard` to get scalars and image grids. "
-                         "metrics.json and samples/*.png are written regardless.")
-            if note is not None:
-                note(self.note)
-            return
-        self.writer = SummaryWriter(log_dir=str(log_dir))
-
-    def scalars(self, values: Dict[str, float], step: int, prefix: str = "") -> None:
-        if self.writer is not None:
-            for k, v in values.items():
-                self.writer.add_scalar(f"{prefix}{k}", v, step)
-
-    def image(self, tag: str, grid: torch.Tensor, step: int) -> None:
-        if self.writer is not None:
-            self.writer.add_image(tag, grid, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
-
-
-def _unwrap(m):
-    """The plain module behind DDP / torch.compile wrappers."""
-    for _ in range(4):
-        if hasattr(m, "_orig_mod"):
-            m = m._orig_mod
-        elif hasattr(m, "module") and isinstance(m, torch.nn.parallel.DistributedDataParallel):
-            m = m.module
+def _plain(module: torch.nn.Module) -> torch.nn.Module:
+    """The module behind DistributedDataParallel / torch.compile wrappers (checkpoints hold plain names)."""
+    while True:
+        if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            module = module.module
+        elif hasattr(module, "_orig_mod"):
+            module = module._orig_mod
         else:
-            break
-    return m
-
-
-def _find(obj, names: Sequence[str]):
-    for n in names:
-        cur = obj
-        ok = True
-        for part in n.split("."):
-            if cur is None:
-                ok = False
-                break
-            if isinstance(cur, dict):
-                cur = cur.get(part)
-            else:
-                cur = getattr(cur, part, None)
-        if ok and cur is not None:
-            return cur
-    return None
-
-
-def model_weights(step) -> Dict[str, Optional[torch.nn.Module]]:
-    """Find G, E, D, G_ema, E_ema (plain modules) on a TrainStep-like object."""
-    out = {}
-    for key in ("G", "E", "D"):
-        out[key] = _find(step, [f"models.{key}", key, key.lower()])
-    out["G_ema"] = _find(step, ["G_ema", "ema.G", "ema_models.G", "g_ema", "ema_G"])
-    out["E_ema"] = _find(step, ["E_ema", "ema.E", "ema_models.E", "e_ema", "ema_E"])
-    return {k: (None if v is None else _unwrap(v)) for k, v in out.items()}
-
-
-@torch.no_grad()
-def sample_grid(G, E, A: torch.Tensor, B: torch.Tensor, z_dim: Optional[int] = None,
-                seed: int = 0) -> torch.Tensor:
-    """A [3, H', W'] grid in [0, 1]: rows A, B, G(A, E(B)) (reconstruction), G(A, E(B rolled))
-    (style transfer from the next column's B) and, with ``z_dim``, G(A, z ~ N(0, I))."""
-    from torchvision.utils import make_grid
-
-    was_g, was_e = G.training, E.training
-    G.eval()
-    E.eval()
-    try:
-        dev = next(G.parameters()).device
-        A = A.to(dev, torch.float32)
-        B = B.to(dev, torch.float32)
-        z = E(B)
-        if isinstance(z, (tuple, list)):
-            z = z[0]
-        rows = [A, B, G(A, z), G(A, z.roll(1, 0))]
-        if z_dim:
-            gen = torch.Generator(device="cpu").manual_seed(seed)
-            zr = torch.randn(A.shape[0], z_dim, generator=gen).to(dev)
-            rows.append(G(A, zr))
-        imgs = torch.cat([r.float().clamp(-1, 1) for r in rows], 0)
-        return make_grid((imgs + 1) / 2, nrow=A.shape[0], padding=2, pad_value=1.0).cpu()
-    finally:
-        G.train(was_g)
-        E.train(was_e)
-
-
-def save_image_grid(grid: torch.Tensor, path: Union[str, os.PathLike]) -> Path:
-    """Save a [3, H, W] float grid in [0, 1] as PNG (atomic)."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = (grid.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+            return module
 
 
 # ----------------------------------------------------------------------------- trainer
 
 class Trainer:
-    """Drives a :class:`~fastep.train.step.TrainStep` over a data set for ``kimg`` thousand images.
+    """Drives a system's training step over a data set for ``kimg`` thousand images.
 
     Parameters
     ----------
-    step : the step object: ``step(A, B) -> dict[str, Tensor]`` (detached, on device),
-        ``state_dict()``, ``load_state_dict(sd)``, ``set_lr_scale(float)``; its ``models`` (G, E,
-        D) and EMA copies are found by :func:`model_weights` for checkpoints and grids.
+    step : a :class:`fastep.zoo.TrainingStep`: ``step(A, B) -> dict[str, Tensor]`` (detached, on
+        device), ``state_dict()``, ``load_state_dict(sd)``, ``set_lr_scale(float)``,
+        ``networks()`` (the modules written into every checkpoint), optionally ``preview``.
     dataset : map-style data set of dicts with ``"A"``, ``"B"`` in [-1, 1] (or (A, B) pairs).
     stage : ``"2"`` or ``"3"`` (a label for logs, checkpoint names and the checkpoint).
     batch_size : per-process batch; kimg counts ``batch_size * world_size`` images per step.
     kimg : length of the stage in thousands of images.
     out_dir : folder of this stage (checkpoints, samples/, tb/, metrics.json).
-    ckpt_meta : extra entries for every checkpoint (``model_cfg``, ``train_cfg`` dicts, ...).
+    system : the zoo system's name, written into every checkpoint.
+    configs, extras : :class:`~fastep.train.checkpoint.Checkpoint` fields of every checkpoint.
     lr_decay_start : fraction of the stage after which the LR decays linearly to 0.
     log_every : steps between host syncs (loss check, progress bar, scalars).
     ckpt_every_kimg, image_every_kimg : intervals (0: only at the end).
     keep : number of checkpoints kept.
     num_workers : data-loader workers (per process).
-    z_dim : code size for the random-z row of sample grids (``None``: no such row).
     """
 
     def __init__(self, step, dataset, *, stage: str, batch_size: int, kimg: float,
                  out_dir: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
-                 seed: int = 0, ckpt_meta: Optional[Dict[str, Any]] = None,
+                 seed: int = 0, system: str, configs: Optional[Dict[str, Any]] = None,
+                 extras: Optional[Dict[str, Any]] = None,
                  lr_decay_start: float = 0.5, log_every: int = 20, ckpt_every_kimg: float = 0.0,
                  image_every_kimg: float = 0.0, keep: int = 3, num_workers: int = 0,
-                 z_dim: Optional[int] = None, progress: bool = True, tensorboard: bool = True,
+                 progress: bool = True, tensorboard: bool = True,
                  n_grid: int = 8, max_steps: Optional[int] = None, log: Callable[[str], None] = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -325,12 +147,13 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.device = torch.device(device)
         self.seed = int(seed)
-        self.ckpt_meta = dict(ckpt_meta or {})
+        self.system = system
+        self.configs = dict(configs or {})
+        self.extras = dict(extras or {})
         self.lr_decay_start = float(lr_decay_start)
         self.log_every = int(log_every)
         self.keep = int(keep)
         self.num_workers = int(num_workers)
-        self.z_dim = z_dim
         self.n_grid = int(n_grid)
         self.rank, self.world = dist_info()
         self.main = self.rank == 0
@@ -431,34 +254,24 @@ class Trainer:
         mean = vals.mean(0)
         return {k: float(v) for k, v in zip(names, mean)}
 
-    def state(self) -> Dict[str, Any]:
-        """The checkpoint dict (CONTRACTS format) of the current state; collective under DDP."""
+    def state(self) -> Checkpoint:
+        """The :class:`Checkpoint` of the current state; collective under DDP."""
         rng = capture_rng_state()
         rng_all = None
         if self.world > 1:
             rng_all = [None] * self.world
             dist.all_gather_object(rng_all, rng)
-        w = model_weights(self.step)
-        ckpt = dict(self.ckpt_meta)
         # The modules' own state-dict tensors (no copies): torch.save writes each storage once, so
-        # these top-level entries and the same tensors inside train_state cost nothing extra.
-        for k in ("G", "E", "D", "G_ema", "E_ema"):
-            ckpt[k] = None if w[k] is None else w[k].state_dict()
-        ckpt.update({
-            "stage": self.stage,
-            "step": self.step_idx,
-            "kimg": self.kimg_at(self.step_idx),
-            "total_steps": self.total_steps,
-            "complete": self.step_idx >= self.total_steps,
-            "rng": rng,
-            "rng_per_rank": rng_all,
-            "loader": {"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "world": self.world,
-                       "batch_size": self.batch_size},
-            "train_state": self.step.state_dict() if hasattr(self.step, "state_dict") else None,
-            "history": list(self.history),
-            "wall_s": self.wall_s,
-        })
-        return ckpt
+        # these weights and the same tensors inside train_state cost nothing extra.
+        weights = {k: (None if m is None else _plain(m).state_dict()) for k, m in self.step.networks().items()}
+        return Checkpoint(
+            system=self.system, stage=self.stage, step=self.step_idx, kimg=self.kimg_at(self.step_idx),
+            total_steps=self.total_steps, complete=self.step_idx >= self.total_steps,
+            configs=dict(self.configs), weights=weights, train_state=self.step.state_dict(),
+            rng=rng, rng_per_rank=rng_all,
+            loader={"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "world": self.world,
+                    "batch_size": self.batch_size},
+            history=list(self.history), wall_s=self.wall_s, extras=dict(self.extras))
 
     def save_checkpoint(self, _before_replace=None) -> Optional[Path]:
         """Check pending losses, then write a checkpoint (rank 0); collective under DDP."""
@@ -475,32 +288,32 @@ class Trainer:
             dist.barrier()
         return path
 
-    def load_state(self, ckpt: Dict[str, Any]) -> None:
-        """Restore a checkpoint written by :meth:`state` (same stage, batch and world size)."""
-        if str(ckpt.get("stage")) != self.stage:
-            raise ValueError(f"checkpoint is of stage {ckpt.get('stage')!r}, this trainer runs stage {self.stage!r}")
-        ld = ckpt.get("loader") or {}
+    def load_state(self, ckpt: Checkpoint) -> None:
+        """Restore a checkpoint written by :meth:`state` (same system and stage)."""
+        if ckpt.system != self.system or ckpt.stage != self.stage:
+            raise ValueError(f"checkpoint is of system {ckpt.system!r} stage {ckpt.stage!r}, this trainer runs "
+                             f"system {self.system!r} stage {self.stage!r}")
+        ld = ckpt.loader or {}
         if ld.get("batch_size", self.batch_size) != self.batch_size or ld.get("world", self.world) != self.world:
             self._log(f"fastep: warning: resuming with batch {self.batch_size} x {self.world} processes; the "
                       f"checkpoint used {ld.get('batch_size')} x {ld.get('world')}: the data order will differ")
-        if ckpt.get("train_state") is not None:
-            self.step.load_state_dict(ckpt["train_state"])
+        if ckpt.train_state is not None:
+            self.step.load_state_dict(ckpt.train_state)
         else:
-            w = model_weights(self.step)
-            for k in ("G", "E", "D", "G_ema", "E_ema"):
-                if w[k] is not None and ckpt.get(k) is not None:
-                    w[k].load_state_dict(ckpt[k])
-        self.step_idx = int(ckpt["step"])
+            for k, m in self.step.networks().items():
+                if m is not None and ckpt.weights.get(k) is not None:
+                    _plain(m).load_state_dict(ckpt.weights[k])
+        self.step_idx = int(ckpt.step)
         self._pending_start = self.step_idx
         self.epoch = int(ld.get("epoch", 0))
         self.pos = int(ld.get("pos", 0))
-        self.history = list(ckpt.get("history") or [])
-        self.wall_s = float(ckpt.get("wall_s", 0.0))
-        per_rank = ckpt.get("rng_per_rank")
+        self.history = list(ckpt.history)
+        self.wall_s = float(ckpt.wall_s)
+        per_rank = ckpt.rng_per_rank
         if per_rank and len(per_rank) == self.world:
             restore_rng_state(per_rank[self.rank])
         else:
-            restore_rng_state(ckpt.get("rng"))
+            restore_rng_state(ckpt.rng)
         self._lr_scale = None
 
     def resume(self, path: Union[str, os.PathLike, None] = None) -> Optional[str]:
@@ -528,12 +341,8 @@ class Trainer:
             self.tb.scalars({"lr_scale": self._lr_scale or 1.0}, self.step_idx, prefix=f"stage{self.stage}/")
 
     def _grid(self) -> None:
-        if not self.main:
-            return
-        w = model_weights(self.step)
-        G = w["G_ema"] or w["G"]
-        E = w["E_ema"] or w["E"]
-        if G is None or E is None:
+        preview = getattr(self.step, "preview", None)
+        if not self.main or preview is None:
             return
         if self._grid_batch is None:
             # seeded per item, global RNG untouched: the grid never perturbs the training stream
@@ -543,7 +352,7 @@ class Trainer:
             B = torch.stack([_unpack_batch(it)[1] for it in items])
             self._grid_batch = (A, B)
         with torch.random.fork_rng(devices=[]):
-            grid = sample_grid(G, E, *self._grid_batch, z_dim=self.z_dim, seed=self.seed)
+            grid = preview(*self._grid_batch, seed=self.seed)
         name = f"stage{self.stage}_{self.step_idx:08d}.png"
         save_image_grid(grid, self.out_dir / "samples" / name)
         self.tb.image(f"stage{self.stage}/samples", grid, self.step_idx)

@@ -4,11 +4,9 @@ import copy
 import pytest
 import torch
 
-from fastep.models import (EqConv2d, Generator, MultiScaleDiscriminator, StyleEncoder, count_macs,
-                           instance_norm, minibatch_stddev, pixel_norm)
-from fastep.models.layers import EqLinear, InstanceNorm
-from fastep.train.config import ModelConfig
-from fastep.train.step import build_models
+from fastep.nn.layers import (EqConv2d, EqLinear, InstanceNorm, count_macs, instance_norm, minibatch_stddev,
+                              pixel_norm)
+from fastep.zoo.step import Generator, ModelConfig, MultiScaleDiscriminator, StyleEncoder, build_models
 
 SPEC_GMAC = {"G": 20.6, "E": 7.1, "D": 1.1}  # SPEC.md, per image, forward, 256 x 256
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastep.models.layers import EqConv2d, minibatch_stddev
+from fastep.nn.layers import EqConv2d, minibatch_stddev
 from fastep.nn import aligned as al
 
 pytestmark = pytest.mark.usefixtures("one_thread")

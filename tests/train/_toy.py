@@ -70,6 +70,14 @@ class ToyStep:
                     pe.lerp_(p, 0.1)
         return {"D": d_loss.detach(), "G": g_loss.detach()}
 
+    def networks(self):
+        return {"G": self.models.G, "E": self.models.E, "D": self.models.D, "G_ema": self.G_ema, "E_ema": self.E_ema}
+
+    def preview(self, A, B, seed=0):
+        from fastep.zoo.step.translator import sample_grid
+
+        return sample_grid(self.G_ema, self.E_ema, A, B, z_dim=4, seed=seed)
+
     def state_dict(self):
         return {"G": self.models.G.state_dict(), "E": self.models.E.state_dict(), "D": self.models.D.state_dict(),
                 "G_ema": self.G_ema.state_dict(), "E_ema": self.E_ema.state_dict(),

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fastep.cli import build_parser, main
+from fastep.train.checkpoint import load_checkpoint
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tests: see tests/conftest.py
@@ -78,7 +79,8 @@ def test_cli_all_stages(tmp_path, one_thread, capsys):
     assert set(m["stages"]) == {"1", "2", "3", "mapper"}
     for f in ("stage1/final.pt", "stage2/final.pt", "stage3/final.pt", "final.pt", "mapper/samples.png"):
         assert (out / f).is_file(), f
-    s1 = torch.load(out / "stage1" / "final.pt", weights_only=False)
-    s2 = torch.load(out / "stage2" / "final.pt", weights_only=False)
-    for k, v in s1["E"].items():  # stage 2 keeps the pre-trained E bit-identical
-        assert torch.equal(v, s2["E"][k]), k
+    s1 = load_checkpoint(out / "stage1" / "final.pt")
+    s2 = load_checkpoint(out / "stage2" / "final.pt")
+    assert (s1.stage, s2.stage) == ("1", "2")
+    for k, v in s1.weights["E"].items():  # stage 2 keeps the pre-trained E bit-identical
+        assert torch.equal(v, s2.weights["E"][k]), k

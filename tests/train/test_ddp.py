@@ -28,7 +28,7 @@ def _init(rank, rdv):
 # ----------------------------------------------------------------------------- real step
 
 def _tiny_cfgs():
-    from fastep.train.config import LossConfig, ModelConfig, TrainConfig
+    from fastep.zoo.step.config import LossConfig, ModelConfig, TrainConfig
 
     mc = ModelConfig.tiny(resolution=32, d_mbstd=False)  # mbstd mixes the batch: not DDP-invariant
     lc = LossConfig.preset("ours_v3", perceptual_backbone="random")
@@ -38,15 +38,15 @@ def _tiny_cfgs():
 
 
 def _grads_after_one_step(A, B):
-    from fastep.train.step import TrainStep, build_models
-    from fastep.train.trainer import model_weights
+    from fastep.zoo.step import build_models
+    from fastep.zoo.step.train_step import TrainStep
 
     mc, lc, tc = _tiny_cfgs()
     torch.manual_seed(0)
     models = build_models(mc, "cpu")
     step = TrainStep(models, lc, tc, 3)
     losses = step(A, B)
-    w = model_weights(step)
+    w = step.networks()
     out = {"losses": {k: v.item() for k, v in losses.items()}}
     for name in ("G", "E", "D"):
         for n, p in w[name].named_parameters():
@@ -116,12 +116,12 @@ def _toy_ddp_step():
 def _trainer_run(rank, out_dir, mode):
     if True:
         from _toy import ToyPairs
-        from fastep.train.trainer import Trainer, model_weights
+        from fastep.train.trainer import Trainer
 
         step = _toy_ddp_step()
         if mode == "resume":
             torch.manual_seed(1000 + rank)
-        tr = Trainer(step, ToyPairs(n=21), stage="3", batch_size=2, kimg=0.036, out_dir=out_dir, seed=1,
+        tr = Trainer(step, ToyPairs(n=21), system="toy", stage="3", batch_size=2, kimg=0.036, out_dir=out_dir, seed=1,
                      log_every=2, ckpt_every_kimg=0.012, progress=False, tensorboard=False)
 
         def stop(t):
@@ -132,7 +132,7 @@ def _trainer_run(rank, out_dir, mode):
             tr.fit(resume=(mode == "resume"), _after_step=stop)
         except KeyboardInterrupt:
             pass
-        w = model_weights(step)
+        w = step.networks()
         torch.save({k: {n: t.clone() for n, t in w[k].state_dict().items()} for k in ("G", "E", "D", "G_ema")}
                    | {"steps": tr.step_idx, "rng": torch.get_rng_state()},
                    os.path.join(out_dir, f"w_{mode}_{rank}.pt"))
@@ -151,7 +151,7 @@ def test_trainer_ddp_sharding_rank0_checkpoints_and_resume(ddp_results):
     mgr = CheckpointManager(ref_dir / "checkpoints", prefix="stage3")
     assert [s for s, _ in mgr.list()] == [3, 6, 9]
     ck = load_checkpoint(mgr.latest_path())
-    assert ck["kimg"] == pytest.approx(0.036) and len(ck["rng_per_rank"]) == WORLD
+    assert ck.kimg == pytest.approx(0.036) and len(ck.rng_per_rank) == WORLD
 
     assert torch.load(run_dir / "w_interrupt_0.pt")["steps"] == 7
     for rank, ref in ((0, r0), (1, r1)):

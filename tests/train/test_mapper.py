@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import fastep
-from fastep.models.mapper import Mapper
-from fastep.train.mapper import MapperConfig, fit_code_stats, match_nearest, sample_codes, train_mapper
+from fastep.zoo.step.mapper import Mapper
+from fastep.zoo.step.imle import MapperConfig, fit_code_stats, match_nearest, sample_codes, train_mapper
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tests: see tests/conftest.py

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from fastep.data import BuiltinStyles, PairedImageDataset, make_builtin_dataset
-from fastep.train.stage1 import (Stage1Config, mine_triplets_from_images, resample_triplets, train_encoder_stage1,
+from fastep.zoo.step.stage1 import (Stage1Config, mine_triplets_from_images, resample_triplets, train_encoder_stage1,
                                  triplet_loss)
 
 
@@ -121,7 +121,7 @@ def builtin32(tmp_path_factory):
 
 
 def test_encoder_trained_on_builtin_separates_styles_better_than_random_init(builtin32):
-    from fastep.models import StyleEncoder
+    from fastep.zoo.step import StyleEncoder
 
     styles = BuiltinStyles.load(builtin32)
     train = PairedImageDataset(builtin32, "train", 32, crop=False, flip=False)

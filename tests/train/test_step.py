@@ -4,8 +4,9 @@ import dataclasses
 import pytest
 import torch
 
-from fastep.train.config import APPROACHES, LossConfig, ModelConfig, OptimConfig, TrainConfig, lr_scale_at
-from fastep.train.step import LOSS_KEYS, TrainStep, build_models, make_train_step
+from fastep.zoo.step.config import APPROACHES, LossConfig, ModelConfig, OptimConfig, TrainConfig, lr_scale_at
+from fastep.zoo.step.nets import build_models
+from fastep.zoo.step.train_step import LOSS_KEYS, TrainStep, make_train_step
 
 RES = 32
 BATCH = 2
@@ -192,7 +193,7 @@ def test_g_only_optimizer_shares_G_storage_and_gets_only_random_z_grads():
     total.backward()
     got = [s.grad.clone() for s in shadows]
     # reference: the G-only loss through G's own parameters (the codes are detached)
-    from fastep.train.step import _detached, _lsgan_g
+    from fastep.zoo.step.train_step import _detached, _lsgan_g
     with torch.no_grad():
         z = step.E(Bcl).float()
     z_rand = z.roll(1, 0)

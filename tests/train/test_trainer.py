@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tests: see tests/conf
 
 
 def _trainer(step, out, **kw):
-    args = dict(stage="2", batch_size=4, kimg=0.056, out_dir=out, seed=3, log_every=3,
+    args = dict(system="toy", stage="2", batch_size=4, kimg=0.056, out_dir=out, seed=3, log_every=3,
                 ckpt_every_kimg=0.016, progress=False, tensorboard=False, lr_decay_start=0.25)
     args.update(kw)
     return Trainer(step, ToyPairs(n=22), **args)
@@ -50,7 +50,7 @@ def test_resume_is_bit_identical_to_uninterrupted(tmp_path):
     # Uninterrupted: 14 steps of batch 4 over 22 images (5 batches / epoch), checkpoints every 4.
     torch.manual_seed(0)
     ref = ToyStep()
-    grids = dict(image_every_kimg=0.012, z_dim=4, n_grid=2)  # grids must not perturb the RNG stream
+    grids = dict(image_every_kimg=0.012, n_grid=2)  # grids must not perturb the RNG stream
     m_ref = _trainer(ref, tmp_path / "ref", **grids).fit()
     assert m_ref["steps"] == 14 and ref.calls == 14
 
@@ -77,11 +77,11 @@ def test_resume_is_bit_identical_to_uninterrupted(tmp_path):
     for k in w_ref:
         assert torch.equal(w_ref[k], w_b[k]), k
     assert b.lr_scale == ref.lr_scale
-    assert torch.equal(torch.get_rng_state(), load_checkpoint(mgr.latest_path())["rng"]["torch"])
+    assert torch.equal(torch.get_rng_state(), load_checkpoint(mgr.latest_path()).rng["torch"])
     final = load_checkpoint(mgr.latest_path())
-    assert final["complete"] and final["step"] == 14
+    assert final.complete and final.step == 14 and final.system == "toy"
     for k in ("G", "E", "D", "G_ema", "E_ema"):
-        for n, t in final[k].items():
+        for n, t in final.weights[k].items():
             assert torch.equal(t, w_ref[f"{k}.{n}"])
 
 
@@ -96,7 +96,7 @@ def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
     mgr = CheckpointManager(tmp_path / "checkpoints", prefix="stage2")
     assert [s for s, _ in mgr.list()] == [4]
     ckpt = load_checkpoint(mgr.latest_path())
-    for t in ckpt["G"].values():
+    for t in ckpt.weights["G"].values():
         assert torch.isfinite(t).all()
     # a NaN right before a checkpoint boundary is caught before writing it
     step = ToyStep(nan_at=8)
@@ -107,7 +107,7 @@ def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_outputs_metrics_grids_and_tensorboard_note(tmp_path):
     notes = []
-    tr = _trainer(ToyStep(), tmp_path, image_every_kimg=0.024, z_dim=4, n_grid=3, log=notes.append, kimg=0.024,
+    tr = _trainer(ToyStep(), tmp_path, image_every_kimg=0.024, n_grid=3, log=notes.append, kimg=0.024,
                   tensorboard=True)
     m = tr.fit()
     data = json.loads((tmp_path / "metrics.json").read_text())
@@ -132,14 +132,16 @@ def test_outputs_metrics_grids_and_tensorboard_note(tmp_path):
 
 def test_too_small_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="fewer than one batch"):
-        Trainer(ToyStep(), ToyPairs(n=3), stage="2", batch_size=4, kimg=1, out_dir=tmp_path, progress=False)
+        Trainer(ToyStep(), ToyPairs(n=3), system="toy", stage="2", batch_size=4, kimg=1, out_dir=tmp_path,
+                progress=False)
 
 
 # ----------------------------------------------------------------------------- the real TrainStep
 
 def _real_step(seed):
-    from fastep.train.config import LossConfig, ModelConfig, TrainConfig
-    from fastep.train.step import TrainStep, build_models
+    from fastep.zoo.step.config import LossConfig, ModelConfig, TrainConfig
+    from fastep.zoo.step import build_models
+    from fastep.zoo.step.train_step import TrainStep
 
     mc = ModelConfig.tiny(resolution=32)
     lc = LossConfig.preset("ours_v3", perceptual_backbone="random")
@@ -152,12 +154,11 @@ def test_real_step_resume_bit_identical_and_load_models(tmp_path, one_thread):
     import dataclasses
 
     from fastep.train.checkpoint import load_models
-    from fastep.train.trainer import model_weights
 
     def trainer(step, out, mc, tc):
-        return Trainer(step, ToyPairs(n=10, res=32), stage="3", batch_size=2, kimg=0.012, out_dir=out, seed=0,
-                       log_every=2, ckpt_every_kimg=0.006, progress=False, lr_decay_start=0.3, z_dim=mc.z_dim,
-                       ckpt_meta={"model_cfg": dataclasses.asdict(mc), "train_cfg": dataclasses.asdict(tc)})
+        return Trainer(step, ToyPairs(n=10, res=32), system="step", stage="3", batch_size=2, kimg=0.012,
+                       out_dir=out, seed=0, log_every=2, ckpt_every_kimg=0.006, progress=False, lr_decay_start=0.3,
+                       configs={"model": dataclasses.asdict(mc), "train": dataclasses.asdict(tc)})
 
     ref, mc, tc = _real_step(0)
     trainer(ref, tmp_path / "ref", mc, tc).fit()
@@ -174,7 +175,7 @@ def test_real_step_resume_bit_identical_and_load_models(tmp_path, one_thread):
     torch.manual_seed(99)
     m = trainer(b, tmp_path / "run", mc, tc).fit(resume=True)
     assert m["steps"] == 6 and b.step_count == 6
-    wr, wb = model_weights(ref), model_weights(b)
+    wr, wb = ref.networks(), b.networks()
     for k in ("G", "E", "D", "G_ema", "E_ema"):
         for (n, x), (_, y) in zip(wr[k].state_dict().items(), wb[k].state_dict().items()):
             assert torch.equal(x, y), f"{k}.{n}"
@@ -220,8 +221,9 @@ def test_cuda_compiled_trainer_checkpoint_resume_and_load(tmp_path):
     import dataclasses
 
     from fastep.train.checkpoint import load_models
-    from fastep.train.config import LossConfig, ModelConfig, TrainConfig
-    from fastep.train.step import TrainStep, build_models
+    from fastep.zoo.step.config import LossConfig, ModelConfig, TrainConfig
+    from fastep.zoo.step import build_models
+    from fastep.zoo.step.train_step import TrainStep
 
     mc = ModelConfig.tiny(resolution=64)
     lc = LossConfig.preset("ours_v3", perceptual_backbone="random")
@@ -230,10 +232,10 @@ def test_cuda_compiled_trainer_checkpoint_resume_and_load(tmp_path):
 
     def trainer(out, max_steps=None):
         step = TrainStep(build_models(mc, "cuda", seed=0), lc, tc, 3)
-        return step, Trainer(step, ToyPairs(n=16, res=64), stage="3", batch_size=4, kimg=0.032, out_dir=out,
-                             device="cuda", log_every=2, ckpt_every_kimg=0.016, progress=False, z_dim=mc.z_dim,
+        return step, Trainer(step, ToyPairs(n=16, res=64), system="step", stage="3", batch_size=4, kimg=0.032,
+                             out_dir=out, device="cuda", log_every=2, ckpt_every_kimg=0.016, progress=False,
                              image_every_kimg=0.032, max_steps=max_steps,
-                             ckpt_meta={"model_cfg": dataclasses.asdict(mc), "train_cfg": dataclasses.asdict(tc)})
+                             configs={"model": dataclasses.asdict(mc), "train": dataclasses.asdict(tc)})
 
     _, tr = trainer(tmp_path, max_steps=4)
     m = tr.fit()
@@ -251,7 +253,7 @@ def test_cuda_compiled_trainer_checkpoint_resume_and_load(tmp_path):
 def test_tensorboard_missing_is_a_note_not_an_error(tmp_path, monkeypatch):
     import sys
 
-    from fastep.train.trainer import TensorBoardLogger
+    from fastep.train.outputs import TensorBoardLogger
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import -> ImportError
     notes = []
@@ -274,9 +276,9 @@ from fastep.train.trainer import Trainer
 torch.manual_seed(0)
 step = ToyStep()
 pad = torch.randn(4_000_000, generator=torch.Generator().manual_seed(1))  # 16 MB per checkpoint: writing takes long enough to be caught mid-write
-Trainer(step, ToyPairs(n=22), stage="2", batch_size=4, kimg=0.12, out_dir=sys.argv[1], seed=3, log_every=3,
-        ckpt_every_kimg=0.008, progress=False, tensorboard=False, lr_decay_start=0.25,
-        ckpt_meta={"pad": pad}, keep=2).fit(resume=True)
+Trainer(step, ToyPairs(n=22), system="toy", stage="2", batch_size=4, kimg=0.12, out_dir=sys.argv[1], seed=3,
+        log_every=3, ckpt_every_kimg=0.008, progress=False, tensorboard=False, lr_decay_start=0.25,
+        extras={"pad": pad}, keep=2).fit(resume=True)
 """
 
 
@@ -312,12 +314,12 @@ def test_kill9_mid_checkpoint_during_training_then_resume_is_bit_identical(tmp_p
     assert caught, f"the run finished (rc {proc.returncode}) before a checkpoint write could be interrupted"
     mgr = CheckpointManager(ck, prefix="stage2")
     path, ckpt = mgr.latest()
-    assert 0 < ckpt["step"] < 30
+    assert 0 < ckpt.step < 30
 
     # resume in this process from whatever the killed run left behind
     torch.manual_seed(0)
     b = ToyStep()
-    m = _trainer(b, out, kimg=0.12, ckpt_every_kimg=0.008, keep=2, ckpt_meta={"pad": ckpt["pad"]}).fit(resume=True)
+    m = _trainer(b, out, kimg=0.12, ckpt_every_kimg=0.008, keep=2, extras={"pad": ckpt.extras["pad"]}).fit(resume=True)
     assert m["steps"] == 30
     torch.manual_seed(0)
     ref = ToyStep()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..models.mapper import Mapper
+from .mapper import Mapper
 
 __all__ = ["MapperConfig", "fit_code_stats", "match_nearest", "train_mapper", "sample_codes"]
 
@@ -122,7 +122,7 @@ def match_nearest(codes: Tensor, samples: Tensor, distance: Union[str, DistanceF
 
 def train_mapper(codes, cfg: Optional[MapperConfig] = None, device: Union[str, torch.device, None] = None,
                  progress: bool = False) -> Mapper:
-    """Train a :class:`~fastep.models.mapper.Mapper` on ``codes[N, D]`` with IMLE.
+    """Train a :class:`~fastep.zoo.step.mapper.Mapper` on ``codes[N, D]`` with IMLE.
 
     Deterministic given ``cfg.seed`` (noise and batch order come from a seeded CPU generator).
     Returns the mapper in eval mode on ``device`` with ``mapper.history``: ``match_dist`` (mean

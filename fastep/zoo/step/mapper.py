@@ -1,4 +1,4 @@
-"""The mapper network M: N(0, I) noise -> style codes z, trained with IMLE (fastep.train.mapper).
+"""The mapper network M: N(0, I) noise -> style codes z, trained with IMLE (:mod:`fastep.zoo.step.imle`).
 
 StEP (paper A.1, official code): an MLP with three 128-unit hidden layers and tanh activations,
 output the 8-d style code (linear output layer).

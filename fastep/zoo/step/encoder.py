@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import EqConv2d, EqLinear, check_images, pixel_norm
+from ...nn.layers import EqConv2d, EqLinear, check_images, pixel_norm
 
 __all__ = ["StyleEncoder", "BasicBlock"]
 

@@ -26,7 +26,7 @@ from typing import List
 import torch
 from torch import Tensor, nn
 
-from .layers import EqConv2d, InstanceNorm, check_codes, check_images, pixel_norm, tile_concat
+from ...nn.layers import EqConv2d, InstanceNorm, check_codes, check_images, pixel_norm, tile_concat
 
 __all__ = ["Generator", "ResBlock"]
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import EqConv2d, InstanceNorm, check_images, minibatch_stddev
+from ...nn.layers import EqConv2d, InstanceNorm, check_images, minibatch_stddev
 
 __all__ = ["PatchDiscriminator", "MultiScaleDiscriminator"]
 

@@ -1,0 +1,572 @@
+"""One StEP training step for every approach (Bicycle v1/v2, Ours v1..v4) and stage (2, 3).
+
+``step = make_train_step(TrainConfig(stage=3, approach="ours_v3"), ModelConfig(), "cuda")``;
+``losses = step(A, B)`` does one discriminator update and one generator(/encoder) update on the
+batch and returns a dict of detached 0-d float32 loss tensors on the device (no host sync).
+
+How the step works
+------------------
+All loss terms of the LossConfig come out of ONE forward function and ONE backward pass:
+
+* codes ``z = E(B)`` (mean; VAE baselines sample ``mu + sigma * eps``), content features of A
+  computed once by ``G.encode`` and decoded for every code needed;
+* ``dir_recon``: perceptual(G(A, z), B); ``cyc_recon``: swap codes with the next pair of the
+  batch, re-encode, swap back, perceptual(cycle, B) (the target's VGG features are computed once
+  and shared); ``z_l2``: mean(z^2); ``z_kl``: KL(N(mu, sigma) || N(0, I));
+* ``d_dir``/``d_rand_z``: LSGAN over all D scales; the D loss sees detached fakes, the G loss
+  sees D through *detached parameters* (``torch.func.functional_call``), so one backward of
+  ``loss_D + loss_GE + loss_G2`` gives each optimizer exactly its own gradients;
+* the paper's third Adam (G alone, lr 1e-4) carries the random-z terms (GAN on G(A, z_rand) and
+  ``z_recon`` = L1(E(G(A, z_rand)), z_rand)), as in the official code.  That branch runs G
+  through *shadow parameters*: leaf tensors that share storage with G's parameters, owned by the
+  G-only optimizer -- their ``.grad`` is the G-only gradient and their in-place Adam update
+  updates G.  E and D are frozen (detached parameters) inside it.
+
+Then the three Adams step (fused on CUDA), the EMA of G and E is updated with
+``torch._foreach_lerp_``, and the step count advances.  Stage 2 freezes E (``requires_grad``
+off; it is bit-identical afterwards); stage 3 trains G, E and D.
+
+Speed: ``TrainConfig.compile`` wraps the forward function in ``torch.compile(fullgraph=True)``
+(AOTAutograd compiles its backward too; no graph breaks), ``amp`` runs it under bf16 autocast
+(norms, losses and the code in float32), ``channels_last`` converts nets and inputs, ``fused_adam``
+uses ``torch.optim.Adam(fused=True)`` on CUDA, ``cuda_graphs`` compiles with
+``mode="reduce-overhead"``.  The learning rate changes through ``set_lr_scale(s)`` by editing
+the param groups (outside the compiled region: no recompiles).
+``TrainConfig(eager_fp32=True)`` is the plain-PyTorch baseline: no compile, float32,
+channels-first, non-fused Adam, and every fastep op on its reference backend
+(``fastep._ext.force_backend("reference")``).
+
+Distributed: when ``torch.distributed`` is initialized with more than one process, parameters
+are broadcast from rank 0 at construction and the gradients of all trainable parameters are
+averaged with one bucketed ``all_reduce`` after the backward pass (what DistributedDataParallel
+does; DDP's module wrappers cannot express the several forwards per backward, the frozen-D
+branches and the shadow G-only parameters of this step).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from dataclasses import replace
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .config import LossConfig, ModelConfig, TrainConfig
+from .nets import Models, build_models
+
+__all__ = ["TrainStep", "make_train_step", "LOSS_KEYS"]
+
+#: keys of the dict a step returns (always all of them; terms that are off are 0)
+LOSS_KEYS = ("loss_d", "loss_d_real", "loss_d_fake", "loss_g", "loss_g2", "g_gan", "g2_gan", "rec", "cyc",
+             "z_recon", "z_l2", "z_kl")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _detached(module: nn.Module) -> Dict[str, Tensor]:
+    return {n: p.detach() for n, p in module.named_parameters()}
+
+
+def _call_with(module: nn.Module, params: Dict[str, Tensor], *args) -> Any:
+    return torch.func.functional_call(module, params, args)
+
+
+def _lsgan_d(real: List[Tensor], fake: List[Tensor]) -> Tensor:
+    total = None
+    for r, f in zip(real, fake):
+        t = 0.5 * (r.float() - 1).square().mean() + 0.5 * f.float().square().mean()
+        total = t if total is None else total + t
+    return total
+
+
+def _lsgan_g(fake: List[Tensor]) -> Tensor:
+    total = None
+    for f in fake:
+        t = (f.float() - 1).square().mean()
+        total = t if total is None else total + t
+    return total
+
+
+def _lsgan_real(real: List[Tensor]) -> Tensor:
+    total = None
+    for r in real:
+        t = 0.5 * (r.float() - 1).square().mean()
+        total = t if total is None else total + t
+    return total
+
+
+def _lsgan_fake(fake: List[Tensor]) -> Tensor:
+    total = None
+    for f in fake:
+        t = 0.5 * f.float().square().mean()
+        total = t if total is None else total + t
+    return total
+
+
+_PERCEPTUAL_CACHE: Dict[tuple, nn.Module] = {}
+
+
+class _Perceptual(nn.Module):
+    """Perceptual distance with reusable target features.
+
+    Uses engineer D's :class:`fastep.losses.PerceptualLoss` backbone (VGGFeatures) and its fused
+    ``fastep::weighted_feature_distance`` reduction; its range check (a host sync) is skipped.
+    """
+
+    def __init__(self, loss_cfg: LossConfig, channels_last: bool, amp_dtype: Optional[torch.dtype],
+                 device: torch.device):
+        super().__init__()
+        from ...losses import PerceptualLoss
+        from ...ops.reductions import weighted_feature_distance
+
+        key = (loss_cfg.perceptual_net, tuple(loss_cfg.perceptual_weights), loss_cfg.perceptual_distance,
+               str(loss_cfg.perceptual_backbone), bool(channels_last), str(amp_dtype), str(device))
+        loss = _PERCEPTUAL_CACHE.get(key)  # frozen backbones are shared between steps
+        if loss is None:
+            loss = PerceptualLoss(loss_cfg.perceptual_net, loss_cfg.perceptual_weights,
+                                  loss_cfg.perceptual_distance, loss_cfg.perceptual_backbone,
+                                  amp=amp_dtype if amp_dtype is not None else False,
+                                  channels_last=channels_last).to(device)
+            if isinstance(loss_cfg.perceptual_backbone, str) and len(_PERCEPTUAL_CACHE) < 8:
+                _PERCEPTUAL_CACHE[key] = loss
+        self.loss = loss
+        self._wfd = weighted_feature_distance
+        self.weights = [float(w) for w in loss_cfg.perceptual_weights]
+        self.p = 1 if loss_cfg.perceptual_distance == "l1" else 2
+        s = loss_cfg.perceptual_act_scale
+        self.scale = float(s * s if self.p == 2 else s)
+        self.channels_last = channels_last
+        if channels_last:
+            self.loss.vgg.to(memory_format=torch.channels_last)
+            self.loss.vgg.channels_last = True
+
+    def features(self, x: Tensor) -> List[Tensor]:
+        return self.loss.vgg(x)
+
+    def distance(self, feats_x: List[Tensor], feats_y: List[Tensor]) -> Tensor:
+        return self.scale * self._wfd(feats_x, feats_y, self.weights, self.p)
+
+
+# ----------------------------------------------------------------------------- the step
+
+class TrainStep:
+    """One D update + one G(/E) update per call, for any LossConfig and stage 2 or 3.
+
+    Args:
+        models: :class:`Models` (G, E, D) on the target device (float32).  The step converts
+            them to channels_last when ``train_cfg.channels_last``.
+        loss_cfg: the loss terms (``LossConfig.preset(name)``).
+        train_cfg: optimizers, EMA, speed switches.
+        stage: 2 (E frozen) or 3 (G, E, D together); default ``train_cfg.stage``.
+
+    Attributes: ``models``, ``G``, ``E``, ``D``, ``G_ema``, ``E_ema`` (EMA copies, eval mode),
+    ``opt_ge``, ``opt_d``, ``opt_g2`` (``None`` when the approach has no random-z terms),
+    ``step_count``, ``lr_scale``, ``images_per_call`` (= batch size given at construction).
+    """
+
+    def __init__(self, models: Models, loss_cfg: LossConfig, train_cfg: TrainConfig,
+                 stage: Optional[int] = None):
+        if not isinstance(loss_cfg, LossConfig):
+            raise TypeError(f"loss_cfg must be a LossConfig, got {type(loss_cfg).__name__}")
+        if not isinstance(train_cfg, TrainConfig):
+            raise TypeError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
+        stage = train_cfg.stage if stage is None else stage
+        if isinstance(stage, str) and stage.isdigit():
+            stage = int(stage)
+        if stage not in (2, 3):
+            raise ValueError(f"stage must be 2 (G, D; E frozen) or 3 (G, E, D), got {stage!r}")
+        G, E, D = models.G, models.E, models.D
+        if loss_cfg.needs_logvar and not E.has_logvar:
+            raise ValueError(f"approach {loss_cfg.name!r} uses a VAE/KL code and needs the encoder's log-variance "
+                             "head: build the models with ModelConfig(e_logvar=True) (make_train_step does this)")
+        if stage == 2 and not loss_cfg.pretrained_e:
+            warnings.warn(f"approach {loss_cfg.name!r} trains E jointly from scratch; stage 2 keeps E frozen",
+                          stacklevel=2)
+        self.models, self.G, self.E, self.D = models, G, E, D
+        self.loss_cfg, self.train_cfg, self.stage = loss_cfg, train_cfg, stage
+        self.device = next(G.parameters()).device
+        self.images_per_call = train_cfg.batch_size
+        self.train_e = stage == 3
+        self.eager_fp32 = train_cfg.eager_fp32
+        is_cuda = self.device.type == "cuda"
+        use_amp = train_cfg.amp and not train_cfg.eager_fp32 and (is_cuda or train_cfg.amp_cpu)
+        self.amp_dtype = (torch.bfloat16 if train_cfg.amp_dtype == "bfloat16" else torch.float16) if use_amp else None
+        self.channels_last = train_cfg.channels_last and not train_cfg.eager_fp32
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+
+        for m in (G, E, D):
+            m.train()
+            if self.channels_last:
+                m.to(memory_format=torch.channels_last)
+        G.requires_grad_(True)
+        D.requires_grad_(True)
+        E.requires_grad_(self.train_e)
+        # the random-z branch of a VAE E without KL would never use logvar: fine.
+
+        self.perceptual = _Perceptual(loss_cfg, self.channels_last, self.amp_dtype, self.device)
+
+        # distributed: same initial weights everywhere
+        self.world = 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.world = torch.distributed.get_world_size()
+        if self.world > 1:
+            with torch.no_grad():
+                for m in (G, E, D):
+                    for p in m.parameters():
+                        torch.distributed.broadcast(p.data, src=0)
+
+        # optimizers (paper A.1)
+        oc = train_cfg.optim
+        fused = bool(train_cfg.fused_adam and is_cuda and not train_cfg.eager_fp32)
+        opt_kw: Dict[str, Any] = dict(betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay)
+        if fused:
+            opt_kw["fused"] = True
+        ge_params = list(G.parameters()) + (list(E.parameters()) if self.train_e else [])
+        self.opt_ge = torch.optim.Adam(ge_params, lr=oc.lr_ge, **opt_kw)
+        self.opt_d = torch.optim.Adam(D.parameters(), lr=oc.lr_d, **opt_kw)
+        self.use_g2 = loss_cfg.uses_g_only_optimizer
+        self._g_shadow: Dict[str, Tensor] = {}
+        self.opt_g2 = None
+        if self.use_g2:
+            self._make_shadows()
+            self.opt_g2 = torch.optim.Adam(list(self._g_shadow.values()), lr=oc.lr_g, **opt_kw)
+        self.base_lrs = [[g["lr"] for g in o.param_groups] for o in self.optimizers]
+        self.lr_scale = 1.0
+
+        # EMA copies
+        self.ema_decay = float(train_cfg.ema)
+        self.G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        self.E_ema = copy.deepcopy(E).eval().requires_grad_(False)
+        self._refresh_ema_lists()
+
+        self.step_count = 0
+        self._trainable = [p for m in ((G, E, D) if self.train_e else (G, D)) for p in m.parameters()]
+        fn = self._forward
+        self.compiled = bool(train_cfg.compile and not train_cfg.eager_fp32)
+        self._cudagraphs = False
+        if self.compiled:
+            mode = train_cfg.compile_mode
+            if mode is None and train_cfg.cuda_graphs and is_cuda:
+                mode = "reduce-overhead"
+            self._cudagraphs = mode == "reduce-overhead" and is_cuda
+            if mode == "reduce-overhead":
+                # CUDA graphs: the shadow G parameters never move; do not copy them every replay
+                for t in self._g_shadow.values():
+                    torch._dynamo.mark_static_address(t)
+            fn = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode, backend=train_cfg.compile_backend)
+        elif train_cfg.cuda_graphs and is_cuda:
+            warnings.warn("TrainConfig.cuda_graphs needs compile=True; running without CUDA graphs", stacklevel=2)
+        self._fn = fn
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def optimizers(self) -> List[torch.optim.Optimizer]:
+        return [o for o in (self.opt_ge, self.opt_d, self.opt_g2) if o is not None]
+
+    def _make_shadows(self) -> None:
+        """Leaf tensors aliasing G's parameter storage (the G-only optimizer's parameters)."""
+        old = self._g_shadow
+        new = {}
+        for n, p in self.G.named_parameters():
+            s = old.get(n)
+            if s is None or s.data_ptr() != p.data_ptr() or s.shape != p.shape or s.stride() != p.stride():
+                s = p.detach()
+                s.requires_grad_(True)
+            new[n] = s
+        self._g_shadow = new
+        if getattr(self, "opt_g2", None) is not None:
+            self.opt_g2.param_groups[0]["params"] = list(new.values())
+
+    def _refresh_ema_lists(self) -> None:
+        self._ema_pairs_g = ([p for p in self.G_ema.parameters()], [p.detach() for p in self.G.parameters()])
+        self._ema_pairs_e = ([p for p in self.E_ema.parameters()], [p.detach() for p in self.E.parameters()])
+
+    def _backend_ctx(self):
+        if self.eager_fp32:
+            from ..._ext import force_backend
+            return force_backend("reference")
+        return contextlib.nullcontext()
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ------------------------------------------------------------------ the losses
+    def _codes(self, B: Tensor, eps: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """(z used by G, mu, logvar) for images B."""
+        cfg = self.loss_cfg
+        if cfg.needs_logvar:
+            mu, logvar = self.E.stats(B)
+            mu, logvar = mu.float(), logvar.float()
+        else:
+            mu, logvar = self.E(B).float(), None
+        z = mu
+        if cfg.vae and eps is not None:
+            z = mu + eps * torch.exp(0.5 * logvar)
+        return z, mu, logvar
+
+    def _forward(self, A: Tensor, B: Tensor, noise: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        cfg = self.loss_cfg
+        G, E, D = self.G, self.E, self.D
+        zero = torch.zeros((), device=A.device, dtype=torch.float32)
+        out = {k: zero for k in LOSS_KEYS}
+        with self._autocast():
+            # style codes
+            if self.train_e:
+                z, mu, logvar = self._codes(B, noise.get("eps"))
+            else:
+                with torch.no_grad():
+                    z, mu, logvar = self._codes(B, noise.get("eps"))
+            feats = G.encode(A)
+            fake = G.decode(feats, z)
+            d_frozen = _detached(D)
+
+            # discriminator on real images
+            d_real = D(A, B)
+            d_fake_terms = []
+            loss_g = zero
+            # direct reconstruction
+            need_target_feats = cfg.dir_recon or cfg.cyc_recon
+            if need_target_feats:
+                with torch.no_grad():
+                    tgt_feats = self.perceptual.features(B)
+            if cfg.dir_recon:
+                rec = self.perceptual.distance(self.perceptual.features(fake), tgt_feats)
+                out["rec"] = rec
+                loss_g = loss_g + cfg.lambda_rec * rec
+            if cfg.d_dir:
+                d_fake_terms.append(D(A, fake.detach()))
+                g_gan = _lsgan_g(_call_with(D, d_frozen, A, fake))
+                out["g_gan"] = g_gan
+                loss_g = loss_g + cfg.lambda_gan * g_gan
+            # cross-cycle reconstruction: image i takes the code of image i-1, and back
+            if cfg.cyc_recon:
+                swap = G.decode(feats, z.roll(1, 0))
+                if cfg.needs_logvar:
+                    mu2, logvar2 = E.stats(swap)
+                    mu2, logvar2 = mu2.float(), logvar2.float()
+                    z_back = mu2 + noise["eps_cyc"] * torch.exp(0.5 * logvar2) if cfg.vae else mu2
+                else:
+                    z_back = E(swap).float()
+                cyc_img = G.decode(feats, z_back.roll(-1, 0))
+                cyc = self.perceptual.distance(self.perceptual.features(cyc_img), tgt_feats)
+                out["cyc"] = cyc
+                loss_g = loss_g + cfg.cyc_weight * cyc
+            if cfg.z_l2:
+                z_l2 = z.square().mean()
+                out["z_l2"] = z_l2
+                loss_g = loss_g + cfg.lambda_z_l2 * z_l2
+            if cfg.z_kl:
+                z_kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum()
+                out["z_kl"] = z_kl
+                loss_g = loss_g + cfg.lambda_z_kl * z_kl
+
+            # random-z branch (G-only optimizer through the shadow parameters)
+            loss_g2 = zero
+            if self.use_g2:
+                if cfg.random_z_mode == "prior":
+                    z_rand = noise["z_prior"]
+                else:  # the code of another training image of the batch
+                    z_rand = z.detach().roll(1, 0)
+                fake_rand = _call_with(G, self._g_shadow, A, z_rand)
+                if cfg.d_rand_z:
+                    d_fake_terms.append(D(A, fake_rand.detach()))
+                    g2_gan = _lsgan_g(_call_with(D, d_frozen, A, fake_rand))
+                    out["g2_gan"] = g2_gan
+                    loss_g2 = loss_g2 + cfg.lambda_gan * g2_gan
+                if cfg.z_recon:
+                    z_hat = _call_with(E, _detached(E), fake_rand).float()
+                    z_rec = (z_hat - z_rand).abs().mean()
+                    out["z_recon"] = z_rec
+                    loss_g2 = loss_g2 + cfg.lambda_z_recon * z_rec
+
+            # discriminator loss: 0.5 (D(real) - 1)^2 + 0.5 mean over fake kinds of D(fake)^2
+            loss_d_real = _lsgan_real(d_real)
+            if d_fake_terms:
+                loss_d_fake = _lsgan_fake(d_fake_terms[0])
+                for t in d_fake_terms[1:]:
+                    loss_d_fake = loss_d_fake + _lsgan_fake(t)
+                loss_d_fake = loss_d_fake / len(d_fake_terms)
+            else:
+                loss_d_fake = zero
+            loss_d = cfg.lambda_gan * (loss_d_real + loss_d_fake)
+
+        out["loss_d"], out["loss_d_real"], out["loss_d_fake"] = loss_d, loss_d_real, loss_d_fake
+        out["loss_g"], out["loss_g2"] = loss_g, loss_g2
+        total = loss_d + loss_g + loss_g2
+        return total, {k: v.detach().float() for k, v in out.items()}
+
+    # ------------------------------------------------------------------ one step
+    def _noise(self, n: int) -> Dict[str, Tensor]:
+        cfg = self.loss_cfg
+        noise: Dict[str, Tensor] = {}
+        zd = self.G.z_dim
+        if cfg.vae:
+            noise["eps"] = torch.randn(n, zd, device=self.device)
+            if cfg.cyc_recon:
+                noise["eps_cyc"] = torch.randn(n, zd, device=self.device)
+        if self.use_g2 and cfg.random_z_mode == "prior":
+            noise["z_prior"] = torch.randn(n, zd, device=self.device) * cfg.z_std
+        return noise
+
+    def _check_batch(self, A: Tensor, B: Tensor) -> None:
+        for name, x in (("A", A), ("B", B)):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+            if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+                raise ValueError(f"{name} must be a float tensor [N, 3, H, W] in [-1, 1], got "
+                                 f"{x.dtype} {tuple(x.shape)}")
+        if A.shape != B.shape:
+            raise ValueError(f"A and B must have the same shape, got {tuple(A.shape)} and {tuple(B.shape)}")
+        if self.loss_cfg.cyc_recon or (self.use_g2 and self.loss_cfg.random_z_mode == "batch"):
+            if A.shape[0] < 2:
+                raise ValueError(f"approach {self.loss_cfg.name!r} pairs images within the batch: batch size "
+                                 f"must be >= 2, got {A.shape[0]}")
+
+    def __call__(self, A: Tensor, B: Tensor) -> Dict[str, Tensor]:
+        """One D update and one G(/E) update on the batch (A, B); returns detached losses."""
+        self._check_batch(A, B)
+        A = A.to(self.device, torch.float32, non_blocking=True).contiguous(memory_format=self.memory_format)
+        B = B.to(self.device, torch.float32, non_blocking=True).contiguous(memory_format=self.memory_format)
+        noise = self._noise(A.shape[0])
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        with self._backend_ctx():
+            if self._cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            total, logs = self._fn(A, B, noise)
+            total.backward()
+        if self._cudagraphs:  # graph outputs are overwritten by the next replay: keep a copy (one kernel)
+            logs = dict(zip(logs.keys(), torch.stack(list(logs.values())).unbind()))
+        if self.world > 1:
+            self._allreduce_grads()
+        for opt in self.optimizers:
+            opt.step()
+        self._update_ema()
+        self.step_count += 1
+        return logs
+
+    step = __call__
+
+    def explain(self, A: Tensor, B: Tensor):
+        """``torch._dynamo.explain`` of the step's forward on a batch (graph count, graph breaks)."""
+        self._check_batch(A, B)
+        A = A.to(self.device, torch.float32).contiguous(memory_format=self.memory_format)
+        B = B.to(self.device, torch.float32).contiguous(memory_format=self.memory_format)
+        return torch._dynamo.explain(self._forward)(A, B, self._noise(A.shape[0]))
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema_decay <= 0.0:
+            torch._foreach_copy_(self._ema_pairs_g[0], self._ema_pairs_g[1])
+            if self.train_e:
+                torch._foreach_copy_(self._ema_pairs_e[0], self._ema_pairs_e[1])
+            return
+        w = 1.0 - self.ema_decay
+        torch._foreach_lerp_(self._ema_pairs_g[0], self._ema_pairs_g[1], w)
+        if self.train_e:
+            torch._foreach_lerp_(self._ema_pairs_e[0], self._ema_pairs_e[1], w)
+
+    def _allreduce_grads(self) -> None:
+        params = list(self._trainable) + list(self._g_shadow.values())
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat.div_(self.world)
+        offset = 0
+        for g in grads:
+            k = g.numel()
+            g.copy_(flat[offset:offset + k].view(g.shape))
+            offset += k
+
+    # ------------------------------------------------------------------ LR, state
+    def set_lr_scale(self, scale: float) -> None:
+        """Multiply every optimizer's base learning rate by ``scale`` (no recompilation)."""
+        scale = float(scale)
+        if not scale >= 0.0:
+            raise ValueError(f"scale must be >= 0, got {scale}")
+        self.lr_scale = scale
+        for opt, bases in zip(self.optimizers, self.base_lrs):
+            for group, base in zip(opt.param_groups, bases):
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(base * scale)
+                else:
+                    group["lr"] = base * scale
+
+    def networks(self) -> Dict[str, nn.Module]:
+        """The modules a checkpoint holds: G, E, D and the EMA copies G_ema, E_ema."""
+        return {"G": self.G, "E": self.E, "D": self.D, "G_ema": self.G_ema, "E_ema": self.E_ema}
+
+    def preview(self, A: Tensor, B: Tensor, seed: int = 0) -> Tensor:
+        """A sample grid of the EMA networks (:func:`~fastep.zoo.step.translator.sample_grid`)."""
+        from .translator import sample_grid
+
+        return sample_grid(self.G_ema, self.E_ema, A, B, z_dim=self.G.z_dim, seed=seed)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Models, EMA copies, optimizers, step count and LR scale."""
+        return {
+            "G": self.G.state_dict(), "E": self.E.state_dict(), "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict(), "E_ema": self.E_ema.state_dict(),
+            "opt_ge": self.opt_ge.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "opt_g2": None if self.opt_g2 is None else self.opt_g2.state_dict(),
+            "step": self.step_count, "lr_scale": self.lr_scale, "stage": self.stage,
+            "approach": self.loss_cfg.name,
+        }
+
+    def load_state_dict(self, state: Dict[str, Any], *, strict: bool = True) -> None:
+        """Restore :meth:`state_dict`'s output (weights are copied in place)."""
+        for key in ("G", "E", "D", "G_ema", "E_ema"):
+            if key in state and state[key] is not None:
+                getattr(self, key).load_state_dict(state[key], strict=strict)
+            elif strict:
+                raise KeyError(f"state dict has no {key!r} entry")
+        self._make_shadows()
+        self._refresh_ema_lists()
+        for key in ("opt_ge", "opt_d", "opt_g2"):
+            opt = getattr(self, key)
+            sd = state.get(key)
+            if opt is not None and sd is not None:
+                # deep copy: torch keeps (and later mutates in place) the loaded state tensors, which
+                # must not be shared with another live optimizer the state dict came from
+                opt.load_state_dict(copy.deepcopy(sd))
+            elif opt is not None and strict and key != "opt_g2":
+                raise KeyError(f"state dict has no {key!r} entry")  # (opt_g2 may start fresh)
+        self.step_count = int(state.get("step", 0))
+        self.base_lrs = [[g.get("initial_lr", b) for g, b in zip(o.param_groups, bases)]
+                         for o, bases in zip(self.optimizers, self.base_lrs)]
+        self.set_lr_scale(float(state.get("lr_scale", 1.0)))
+
+
+def make_train_step(train_cfg: TrainConfig, model_cfg: Optional[ModelConfig] = None,
+                    device: Union[str, torch.device, None] = None, *, loss_cfg: Optional[LossConfig] = None,
+                    models: Optional[Models] = None, stage: Optional[int] = None) -> TrainStep:
+    """Build models (unless given) and the :class:`TrainStep` for ``train_cfg``.
+
+    The loss configuration defaults to ``LossConfig.preset(train_cfg.approach)``; the model's
+    resolution follows ``train_cfg.resolution``; approaches with a VAE/KL code get the encoder's
+    log-variance head.  ``step.images_per_call == train_cfg.batch_size``.  Stage 1 is not a
+    G/D step: ``train_cfg.stage == 1`` defaults to stage 3 here.
+    """
+    if not isinstance(train_cfg, TrainConfig):
+        raise TypeError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
+    model_cfg = ModelConfig() if model_cfg is None else model_cfg
+    if not isinstance(model_cfg, ModelConfig):
+        raise TypeError(f"model_cfg must be a ModelConfig, got {type(model_cfg).__name__}")
+    loss_cfg = LossConfig.preset(train_cfg.approach) if loss_cfg is None else loss_cfg
+    dev = train_cfg.resolved_device() if device is None else torch.device(device)
+    if model_cfg.resolution != train_cfg.resolution or (loss_cfg.needs_logvar and not model_cfg.e_logvar):
+        model_cfg = replace(model_cfg, resolution=train_cfg.resolution,
+                            e_logvar=model_cfg.e_logvar or loss_cfg.needs_logvar)
+    if models is None:
+        models = build_models(model_cfg, dev, seed=train_cfg.seed)
+    if stage is None:
+        stage = train_cfg.stage if train_cfg.stage in (2, 3) else 3
+    step = TrainStep(models, loss_cfg, train_cfg, stage)
+    step.model_cfg = model_cfg
+    return step
