@@ -11,14 +11,13 @@ from pathlib import Path
 import fastep
 
 ROOT = Path(fastep.__file__).resolve().parent
-# ``python -m fastep`` runs the CLI: executing is what that module is for.
-EXECUTABLE = {"fastep.__main__"}
+
 
 
 def _modules():
     names = ["fastep"]
     for info in pkgutil.walk_packages([str(ROOT)], prefix="fastep."):
-        if info.name not in EXECUTABLE:
+        if not info.name.endswith(".__main__"):  # ``python -m ...`` entry points: running is their job
             names.append(info.name)
     return sorted(names)
 
