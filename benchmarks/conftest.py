@@ -32,6 +32,9 @@ import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
+# every benchmark lets cuDNN time its algorithms for each shape (as training does): the heuristic
+# choice is weakest on exactly the odd shapes these networks have
+torch.backends.cudnn.benchmark = True
 
 
 def pytest_addoption(parser):
@@ -182,6 +185,7 @@ def _env_info() -> Dict[str, object]:
         "cuda": torch.version.cuda,
         "device": torch.cuda.get_device_name(0) if HAS_CUDA else platform.processor() or "cpu",
         "cpu_count": os.cpu_count(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
     }
     try:
         import triton

@@ -159,11 +159,6 @@ class OpInfo:
         allowed = self.takes.get(backend)
         return allowed is None or all(d in allowed for d in dtypes)
 
-    @property
-    def preference(self) -> Dict[str, Tuple[str, ...]]:
-        """Backends per device type, best first (dtype conditions dropped)."""
-        return {d: tuple(dict.fromkeys(r.backend for r in rs)) for d, rs in self.routes.items()}
-
     def dispatch(self, *tensors: torch.Tensor) -> Callable:
         """The implementation to call for these input tensors (see :func:`backend_for`)."""
         return self.impls[backend_for(self.name, tensors[0].device, [t.dtype for t in tensors])]

@@ -269,9 +269,19 @@ def test_quick_cpu_mode_end_to_end(tmp_path):
         # CPU: no memory cap, the search stops at the ceiling and says so
         assert row["fast_max_batch"] == 2 and row["fast_max_batch_hit_limit"] is True
     recs = rep["records"]
-    assert len(recs) == 8 and all(r["status"] == "ok" for r in recs)
+    # per approach: fast path and eager fp32 at batch 8 and max batch, eager bf16 at batch 8
+    assert len(recs) == 10 and all(r["status"] == "ok" for r in recs)
+    assert sorted((r["impl"], r["which"]) for r in recs if r["approach"] == "ours_v3") == [
+        ("baseline", "b8"), ("baseline", "max"), ("baseline_bf16", "b8"), ("fastep", "b8"), ("fastep", "max")]
     assert all(r["rounds"] == 2 and r["s_per_kimg"] > 0 for r in recs)
-    assert {r["switches"]["eager_fp32"] for r in recs if r["impl"] == "baseline"} == {True}
+    assert all(r["switches"]["cudnn_benchmark"] for r in recs)
+    base = [r["switches"] for r in recs if r["impl"] == "baseline"]
+    assert {(sw["eager_fp32"], sw["tf32_conv"], sw["tf32_matmul"], sw["ops"]) for sw in base} == {
+        (True, False, False, "reference")}
+    bf16 = [r["switches"] for r in recs if r["impl"] == "baseline_bf16"]
+    assert {(sw["compile"], sw["fused_adam"], sw["ops"]) for sw in bf16} == {(False, False, "reference")}
+    for row in rep["rows"]:
+        assert row["bf16_s_per_kimg_b8"] and row["speedup_bf16_b8"]
     # the verdict follows from the measured times (ours_v3 is FASTEST, bicycle_v2 SLOWEST)
     t = {r["approach"]: r["fast_s_per_kimg_b8"] for r in rep["rows"]}
     holds = t["ours_v3"] < t["bicycle_v2"]
@@ -281,6 +291,7 @@ def test_quick_cpu_mode_end_to_end(tmp_path):
     assert rep["arithmetic_floor_s_per_kimg"] == pytest.approx(0.38, abs=0.005)
     text = md.read_text()
     assert "| approach | paper b8 |" in text and "| Ours v3 |" in text and "| Bicycle v2" in text
+    assert "| eager bf16 b2 | speedup vs bf16 b2 |" in text and "TF32 off" in text  # quick: batch 2
     assert "Paper ordering" in text and "arithmetic floor" in text
     assert "| Ours v3 |" in proc.stdout  # the table is printed
     # the shared benchmark summary saw the same cases (group train_time); its files are only
@@ -358,3 +369,36 @@ def test_results_default_outside_the_source_tree(monkeypatch, tmp_path):
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     assert parser.parse_args(["--quick"]).out is None
+
+
+def test_bench_step_numerics(monkeypatch):
+    """The eager fp32 baseline runs with TF32 off for convs and matmuls and reference ops; the
+    eager bf16 baseline with reference ops; the fast path with neither; the flags come back."""
+    from fastep import _ext
+    from fastep.bench.timing import BenchStep
+
+    seen = {}
+
+    class Probe:
+        train_cfg = None
+
+        def __call__(self, A, B):
+            seen["tf32"] = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+            seen["backend"] = _ext.forced_backend("gram")
+            return {}
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        BenchStep(Probe(), "baseline")(None, None)
+        assert seen == {"tf32": (False, False), "backend": "reference"}
+        assert torch.backends.cudnn.allow_tf32 is True
+        BenchStep(Probe(), "baseline_bf16")(None, None)
+        assert seen["tf32"][0] is True and seen["backend"] == "reference"
+        BenchStep(Probe(), "fastep")(None, None)
+        assert seen["backend"] is None
+        assert BenchStep(Probe(), "fastep").train_cfg is None  # attributes read through
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+    with pytest.raises(ValueError, match="baseline_bf16"):
+        bench.step_switches("eager", "cpu")

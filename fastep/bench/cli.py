@@ -50,7 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, default=None, help="image size (default 256; quick 64)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per case (median)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps after the first call")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the eager fp32 baseline")
+    parser.add_argument("--no-baseline", action="store_true", help="skip both eager baselines")
+    parser.add_argument("--no-bf16-baseline", action="store_true",
+                        help="skip the eager bf16 baseline (keep the eager fp32 one)")
     parser.add_argument("--no-max-batch", action="store_true", help="skip the max-batch search")
     parser.add_argument("--mem-cap-gib", type=float, default=12.0,
                         help="memory cap of the max-batch search (default 12 GiB)")
@@ -107,6 +109,7 @@ def config_from_args(args: argparse.Namespace, device: str) -> BenchConfig:
                 raise SystemExit(f"fastep bench: --{name.replace('_', '-')} must be >= {low}, got {v}")
             setattr(cfg, name, v)
     cfg.baseline = not args.no_baseline
+    cfg.baseline_bf16 = not (args.no_baseline or args.no_bf16_baseline)
     cfg.max_batch = not args.no_max_batch
     cfg.mem_cap_gib = args.mem_cap_gib
     cfg.probe = args.probe
@@ -218,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
         cmd += args.pytest_args.split()
     print(f"fastep bench: {' '.join(cfg.approaches)} on {device} at {cfg.resolution}x{cfg.resolution}"
           f" (batch {cfg.batch}, {cfg.warmup} warm-up + {cfg.steps} timed steps"
-          f"{', baseline' if cfg.baseline else ''}"
+          f"{', eager fp32 baseline' if cfg.baseline else ''}"
+          f"{', eager bf16 baseline' if cfg.baseline_bf16 else ''}"
           f"{', max batch (' + cfg.fast_max_batch + ')' if cfg.max_batch else ''})", flush=True)
     t0 = time.time()
     rc, interrupted = _run_child(cmd, env)

@@ -25,7 +25,7 @@ def default_out() -> Path:
     return Path(base) / "fastep" / "bench"
 
 
-IMPLS: Tuple[str, ...] = ("fastep", "baseline")
+IMPLS: Tuple[str, ...] = ("fastep", "baseline", "baseline_bf16")
 
 @dataclasses.dataclass
 class BenchConfig:
@@ -36,7 +36,8 @@ class BenchConfig:
     resolution: int = 256
     warmup: int = 5  #: steps after the first (compiling) call, before timing
     steps: int = 20  #: timed steps (the median is reported)
-    baseline: bool = True  #: also time the eager fp32 baseline
+    baseline: bool = True  #: also time the eager fp32 baseline (true fp32: TF32 off)
+    baseline_bf16: bool = True  #: also time the eager bf16 baseline (batch 8 only)
     max_batch: bool = True  #: search and time the max batch under the memory cap
     mem_cap_gib: float = 12.0
     max_batch_limit: int = 1024  #: search ceiling (CPU: no memory cap, the ceiling is reported)

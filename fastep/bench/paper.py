@@ -58,8 +58,8 @@ def passes_per_step(approach: str) -> Dict[str, int]:
     }
 
 
-#: The arithmetic floor: an Ours v3 / stage 3 step at 256 x 256 costs 299.6 GFLOP per image
-#: (FlopCounterMode over G, E, D and the VGG16 perceptual passes); at ~790 TFLOP/s of bf16 matrix
+#: The arithmetic floor: an Ours v3 / stage 3 step at 256 x 256 costs ~300 GFLOP per image
+#: (299.6 by FlopCounterMode over G, E, D and the VGG16 perceptual passes); at ~790 TFLOP/s of bf16 matrix
 #: work (H100 SXM) that is ~0.38 s per 1000 images.
 FLOOR_GFLOP_PER_IMAGE = 300.0
 FLOOR_PEAK_TFLOPS = 790.0

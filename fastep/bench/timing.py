@@ -28,17 +28,75 @@ def _filtered(cls, **kwargs):
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in kwargs.items() if k in names})
 
+#: The implementations a case can time: fastep's fast path and the two eager baselines.
+IMPL_LABELS = {"fastep": "fast path", "baseline": "eager fp32", "baseline_bf16": "eager bf16"}
+
+
 def step_switches(impl: str, device, compile: Optional[bool] = None, cuda_graphs: bool = False
                   ) -> Dict[str, Any]:
-    """TrainConfig switches of the fast path (``impl="fastep"``) or the eager fp32 baseline."""
+    """TrainConfig switches of the fast path (``impl="fastep"``), the eager fp32 baseline
+    (``"baseline"``) or the eager bf16 baseline (``"baseline_bf16"``: the fast path's precision
+    and layout without compile, fused Adam or fastep's fused ops, so that the fast path's speedup
+    over it is what compilation and fusion add on their own)."""
     cuda = str(device).startswith("cuda")
     if impl == "baseline":
         return dict(compile=False, amp=False, channels_last=False, fused_adam=False,
                     cuda_graphs=False, eager_fp32=True)
+    if impl == "baseline_bf16":
+        return dict(compile=False, amp=True, channels_last=True, fused_adam=False,
+                    cuda_graphs=False, eager_fp32=False)
     if impl != "fastep":
-        raise ValueError(f"impl: expected 'fastep' or 'baseline', got {impl!r}")
+        raise ValueError(f"impl: expected one of {', '.join(IMPL_LABELS)}, got {impl!r}")
     return dict(compile=cuda if compile is None else bool(compile), amp=True, channels_last=True,
                 fused_adam=True, cuda_graphs=bool(cuda_graphs and cuda), eager_fp32=False)
+
+
+class BenchStep:
+    """A training step called under the numerics its benchmark case promises.
+
+    * every case: ``torch.backends.cudnn.benchmark = True`` (cuDNN times its algorithms per shape,
+      as training does; set by :func:`make_step`);
+    * ``baseline`` (eager fp32): TF32 off for cuDNN convolutions and cuBLAS matmuls inside every
+      call, so the fp32 baseline is float32 (PyTorch's default lets cuDNN convs run in TF32);
+    * both eager baselines: every fastep op on its plain-PyTorch reference backend.
+
+    Attributes of the wrapped step (``train_cfg``, ``compiled``, ...) read through.
+    """
+
+    def __init__(self, step, impl: str):
+        self.step = step
+        self.impl = impl
+
+    def __getattr__(self, name: str):
+        step = self.__dict__.get("step")
+        if step is None:
+            raise AttributeError(name)
+        return getattr(step, name)
+
+    def __call__(self, A, B):
+        import contextlib
+
+        from fastep._ext import force_backend
+        from fastep.ops.reference import no_tf32
+
+        with contextlib.ExitStack() as stack:
+            if self.impl == "baseline":
+                stack.enter_context(no_tf32())
+            if self.impl in ("baseline", "baseline_bf16"):
+                stack.enter_context(force_backend("reference"))
+            return self.step(A, B)
+
+
+def numerics(impl: str) -> Dict[str, Any]:
+    """The precision settings a case runs under (recorded with its switches)."""
+    import torch
+
+    base = impl == "baseline"
+    return {"cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "tf32_conv": False if base else bool(torch.backends.cudnn.allow_tf32),
+            "tf32_matmul": False if base else torch.get_float32_matmul_precision() != "highest",
+            "ops": "reference" if impl in ("baseline", "baseline_bf16") else "fastep"}
+
 
 def make_step(approach: str, batch: int, resolution: int, impl: str, device, *,
               compile: Optional[bool] = None, cuda_graphs: bool = False,
@@ -49,7 +107,8 @@ def make_step(approach: str, batch: int, resolution: int, impl: str, device, *,
     The perceptual loss uses a seeded random VGG16 by default (ImageNet weights change no
     timing, and are not needed to measure one).
 
-    Returns ``step`` with ``step(A, B) -> dict of detached losses``.
+    Returns a :class:`BenchStep`: ``step(A, B) -> dict of detached losses``, under the case's
+    numerics (cuDNN benchmark mode; the true-fp32 / reference-op baselines).
     """
     if approach not in APPROACHES:
         raise ValueError(f"approach: expected one of {', '.join(APPROACHES)}, got {approach!r}")
@@ -62,7 +121,8 @@ def make_step(approach: str, batch: int, resolution: int, impl: str, device, *,
     train_cfg = _filtered(TrainConfig, stage=3, approach=approach, batch_size=batch,
                           resolution=resolution, device=str(device), seed=seed, **sw)
     loss_cfg = LossConfig.preset(approach, perceptual_backbone=perceptual_backbone)
-    return make_train_step(train_cfg, model_cfg, torch.device(device), loss_cfg=loss_cfg)
+    torch.backends.cudnn.benchmark = True
+    return BenchStep(make_train_step(train_cfg, model_cfg, torch.device(device), loss_cfg=loss_cfg), impl)
 
 def effective_switches(step, impl: str, device, compile: Optional[bool] = None,
                        cuda_graphs: bool = False) -> Dict[str, Any]:
@@ -82,6 +142,7 @@ def effective_switches(step, impl: str, device, compile: Optional[bool] = None,
     opt = getattr(step, "opt_ge", None)
     if opt is not None and hasattr(opt, "defaults"):
         sw["fused_adam"] = bool(opt.defaults.get("fused"))
+    sw.update(numerics(impl))
     return sw
 
 def random_batch(batch: int, resolution: int, device, seed: int = 0):
