@@ -294,3 +294,18 @@ def test_lpips_through_triton_backend_equals_package(triton_device):
         v_ref.sum().backward()
         err = (a1.grad - a2.grad).norm() / a2.grad.norm()
         assert err < 1e-3
+
+
+def test_lpips_documented_differences(pair):
+    """README's differences table, LPIPS row: frozen buffer heads (lpips: trainable parameters),
+    no spatial / baseline modes, lin_path for model_path."""
+    import inspect
+
+    fast, ref = pair("alex")
+    assert not any(p.requires_grad for p in fast.parameters())
+    assert {f"lin{l}" for l in range(5)} <= {n for n, _ in fast.named_buffers()}
+    assert all(p.requires_grad for n, p in ref.named_parameters() if n.startswith("lin"))
+    params = inspect.signature(L.LPIPS).parameters
+    assert "lin_path" in params and not {"spatial", "lpips", "pnet_tune", "model_path"} & set(params)
+    with pytest.raises(TypeError, match="spatial"):
+        L.LPIPS("alex", backbone_weights="random", spatial=True)
