@@ -31,7 +31,7 @@ from .nets.cache import shared_module, weights_key
 from .ops.reductions import lpips_distance, weighted_feature_distance
 
 __all__ = [
-    "PerceptualLoss", "perceptual_loss", "StyleLoss", "AdversarialLoss",
+    "PerceptualLoss", "perceptual_loss", "shared_perceptual_loss", "StyleLoss", "AdversarialLoss",
     "lsgan_d_loss", "lsgan_g_loss", "hinge_d_loss", "hinge_g_loss", "nonsat_d_loss", "nonsat_g_loss",
     "r1_penalty", "feature_matching_loss", "LPIPS", "lpips", "PERCEPTUAL_NETS", "DEFAULT_LAYER_WEIGHTS",
 ]
@@ -234,20 +234,33 @@ class PerceptualLoss(nn.Module):
         return weighted_feature_distance(fo, ft, self.weights, self.p)
 
 
+def shared_perceptual_loss(net: str = "vgg16", weights: Sequence[float] = DEFAULT_LAYER_WEIGHTS,
+                           distance: Optional[str] = None, backbone_weights="imagenet", *, seed: int = 0,
+                           amp="auto", channels_last: Optional[bool] = None,
+                           device: Union[str, torch.device, None] = None) -> PerceptualLoss:
+    """The :class:`PerceptualLoss` for this configuration on ``device`` from fastep's one backbone
+    cache (:func:`fastep.nets.cache.shared_module`): built once, then shared by every caller
+    (the functional :func:`perceptual_loss`, training steps).  Do not convert it in place.
+    In-memory state dicts as ``backbone_weights`` give a fresh, uncached module."""
+    wkey = weights_key(backbone_weights, seed)
+    key = None if wkey is None else (net, tuple(float(w) for w in weights), distance, wkey, str(amp),
+                                     channels_last)
+    return shared_module("perceptual", key, device, lambda: PerceptualLoss(
+        net, weights, distance, backbone_weights, seed=seed, amp=amp, channels_last=channels_last))
+
+
 def perceptual_loss(output: Tensor, target: Tensor, net: str = "vgg16",
                     weights: Sequence[float] = DEFAULT_LAYER_WEIGHTS, distance: Optional[str] = None,
                     backbone_weights: Union[str, os.PathLike] = "imagenet", *, seed: int = 0,
                     amp="auto") -> Tensor:
-    """Functional :class:`PerceptualLoss` (the module is built once per config and device and
-    kept in fastep's backbone cache, :func:`fastep.nets.cache.shared_module`)."""
+    """Functional :class:`PerceptualLoss` (the module comes from :func:`shared_perceptual_loss`:
+    built once per config and device)."""
     if not isinstance(backbone_weights, (str, os.PathLike)):
         raise TypeError("backbone_weights: the functional form takes 'imagenet', 'random' or a path; "
                         "build a PerceptualLoss module for a state dict")
     _check_images(output, "output")
-    wkey = weights_key(backbone_weights, seed)
-    key = None if wkey is None else (net, tuple(float(w) for w in weights), distance, wkey, str(amp))
-    mod = shared_module("perceptual", key, output.device,
-                        lambda: PerceptualLoss(net, weights, distance, backbone_weights, seed=seed, amp=amp))
+    mod = shared_perceptual_loss(net, weights, distance, backbone_weights, seed=seed, amp=amp,
+                                 device=output.device)
     return mod(output, target)
 
 

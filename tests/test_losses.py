@@ -190,6 +190,20 @@ def test_perceptual_functional_and_defaults():
     assert L.PerceptualLoss("pix2pixhd", backbone_weights="random").distance_kind == "l1"
     v = L.perceptual_loss(x, y, "vgg16", backbone_weights="random", seed=SEED)
     torch.testing.assert_close(v, m(x, y))
+    # one cache: the functional form and shared_perceptual_loss hand out the same module
+    from fastep.nets.cache import shared_module_keys
+
+    shared = L.shared_perceptual_loss("vgg16", backbone_weights="random", seed=SEED, device="cpu")
+    assert L.shared_perceptual_loss("vgg16", backbone_weights="random", seed=SEED) is shared
+    assert any(k[0] == "perceptual" for k in shared_module_keys())
+    torch.testing.assert_close(shared(x, y), v)
+    other = L.shared_perceptual_loss("vgg16", backbone_weights="random", seed=SEED + 1)
+    assert other is not shared and not torch.equal(other.vgg.features[0].weight, shared.vgg.features[0].weight)
+    from fastep.nets import random_state_dict
+
+    sd = random_state_dict("vgg16", SEED)  # in-memory weights: never cached
+    assert L.shared_perceptual_loss("vgg16", backbone_weights=sd) is not L.shared_perceptual_loss(
+        "vgg16", backbone_weights=sd)
     assert float(m(x, x)) == 0.0
 
 
