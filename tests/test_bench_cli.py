@@ -154,7 +154,7 @@ def test_search_max_batch_runs_real_probes(monkeypatch):
 
 def test_paper_table_data():
     from fastep.bench import paper
-    from fastep.train.config import APPROACHES
+    from fastep.zoo.step.config import APPROACHES
 
     assert tuple(paper.PAPER_TABLE) == paper.APPROACHES == bench.APPROACHES == APPROACHES
     for a, row in paper.PAPER_TABLE.items():
@@ -170,7 +170,7 @@ def test_paper_table_data():
     assert paper.paper_ordering_holds({a: r.s_per_kimg_b8 for a, r in t.items()})
     assert not paper.paper_ordering_holds({**{a: r.s_per_kimg_b8 for a, r in t.items()}, "ours_v3": 200.0})
     # the loss terms are the trainer's presets (one approach table)
-    from fastep.train.config import LossConfig
+    from fastep.zoo.step.config import LossConfig
     for a in paper.APPROACHES:
         assert paper.loss_terms(a) == LossConfig.preset(a).table_row()
     pp = {a: paper.passes_per_step(a) for a in paper.APPROACHES}

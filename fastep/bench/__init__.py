@@ -24,8 +24,7 @@ against batch size and resolution (benchmarks/scaling.py, a PNG).
 
 Modules: :mod:`.config` (``BenchConfig``), :mod:`.timing` (building and timing a step),
 :mod:`.memory` (max-batch search), :mod:`.report` (table, checks, files), :mod:`.paper` (the
-paper's table as data), :mod:`.cli` (the command).  The CLI imports this package for every
-command, so torch is only imported inside the functions that need it.
+paper's table as data), :mod:`.cli` (the command).
 """
 from __future__ import annotations
 

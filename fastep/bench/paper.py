@@ -5,13 +5,14 @@ a 12 GB card of that era).  ``max_batch`` is the largest batch that fitted that 
 ``fastep bench`` measures the same quantities and prints them side by side with these numbers.
 
 The approaches and their loss terms are not copied here: they come from the training presets
-(``LossConfig.preset(approach).table_row()``), the one home of the approach table.
+(``fastep.zoo.step.config.LossConfig.preset(approach).table_row()``), the one home of the
+approach table.
 """
 from __future__ import annotations
 
 from typing import Dict, NamedTuple, Tuple
 
-from fastep.train.config import APPROACHES  # noqa: F401  (the one approach list)
+from fastep.zoo.step.config import APPROACHES  # noqa: F401  (the one approach list)
 
 
 class PaperRow(NamedTuple):
@@ -36,7 +37,7 @@ PAPER_TABLE: Dict[str, PaperRow] = {
 
 def loss_terms(approach: str) -> Dict[str, bool]:
     """The loss terms of ``approach`` (paper Table 4), from the training preset."""
-    from fastep.train.config import LossConfig
+    from fastep.zoo.step.config import LossConfig
 
     return LossConfig.preset(approach).table_row()
 

@@ -113,8 +113,8 @@ def make_step(approach: str, batch: int, resolution: int, impl: str, device, *,
     if approach not in APPROACHES:
         raise ValueError(f"approach: expected one of {', '.join(APPROACHES)}, got {approach!r}")
     import torch
-    from fastep.train.config import LossConfig, ModelConfig, TrainConfig
-    from fastep.train.step import make_train_step
+    from fastep.zoo.step.config import LossConfig, ModelConfig, TrainConfig
+    from fastep.zoo.step.train_step import make_train_step
 
     model_cfg = _filtered(ModelConfig, resolution=resolution, **(model_overrides or {}))
     sw = step_switches(impl, device, compile, cuda_graphs)
