@@ -239,6 +239,8 @@ def load_or_build(install_error: Optional[str] = None) -> Tuple[Optional[object]
     except Exception as err:  # noqa: BLE001 - the import of fastep must never fail because of this
         reason = f"first-use build failed: {type(err).__name__}: {(str(err).strip().splitlines() or [''])[-1]}"
         STATUS.how, STATUS.reason = "missing", reason
+        _note(f"fastep: {reason} (cache folder {cache_root()}; set FASTEP_CACHE to a writable folder); "
+              f"the C++ ops fall back to the reference PyTorch ops")
         return None, reason
 
 

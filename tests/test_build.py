@@ -180,3 +180,15 @@ def test_wheel_ships_the_sources(tmp_path):
     src = sorted(p.name for p in (ROOT / "csrc").iterdir() if p.suffix in (".cpp", ".cu", ".h"))
     assert {f"fastep/csrc/{n}" for n in src} <= names
     assert "fastep/_build.py" in names and "fastep/kernels/gram.py" in names
+
+
+def test_unwritable_cache_is_one_line_and_never_raises(status, monkeypatch, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("FASTEP_CACHE", str(blocker / "cache"))  # under a file: cannot be created
+    monkeypatch.setattr(_build, "_why_not_buildable", lambda: None)
+    mod, reason = _build.load_or_build("x")
+    assert mod is None and "first-use build failed" in reason
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "FASTEP_CACHE" in err[0] and "reference" in err[0]
+    assert status.how == "missing"
