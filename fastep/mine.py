@@ -256,6 +256,8 @@ def _run(args, ctx: "_Dist") -> int:
         if state is None or not vec_path.exists():
             for f in work.glob("state.rank*.json"):
                 f.unlink()
+            import shutil
+            shutil.rmtree(work / "mining", ignore_errors=True)  # candidate checkpoints of that run
             np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(n_all, dim)).flush()
             _atomic_json(work / "state.json", dict(config=config, done=[], bad={}))
     ctx.barrier("creating the work folder")

@@ -162,21 +162,29 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     assert not (tmp_path / "two.npz.work").exists()
 
 
-def test_ranks_with_different_k_stop_with_one_line(tmp_path):
+@pytest.mark.parametrize("differ", ["k_far", "data"])
+def test_ranks_with_different_inputs_stop_with_one_line(tmp_path, differ):
+    import shutil
     import socket
 
     data = _make_folder(tmp_path / "d", n=6, ab=False)
+    other = tmp_path / "d_other"
+    shutil.copytree(data, other)
+    (other / "img_05.png").rename(other / "img_05_renamed.png")  # another image list
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = []
-    for rank, k_far in ((0, "2"), (1, "3")):
+    for rank in (0, 1):
+        folder = other if differ == "data" and rank == 1 else data
+        k_far = "3" if differ == "k_far" and rank == 1 else "2"
         env = dict(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port))
-        procs.append(_cli("-m", "fastep", "mine", str(data), "--out", str(tmp_path / "x.npz"), *COMMON,
+        procs.append(_cli("-m", "fastep", "mine", str(folder), "--out", str(tmp_path / "x.npz"), *COMMON,
                           "--k-near", "1", "--k-far", k_far, "--dist-timeout", "60", env=env))
     for p in procs:
         _, err = p.communicate(timeout=200)
         assert p.returncode == 2, err
         lines = [l for l in err.splitlines() if l.strip()]
-        assert len(lines) == 1 and "see different inputs" in lines[0], err
+        assert len(lines) == 1 and "rank(s) [1] see different inputs than rank 0" in lines[0], err
+    assert not (tmp_path / "x.npz").exists()
