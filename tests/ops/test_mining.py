@@ -137,12 +137,13 @@ def test_error_bound_holds():
         approx = (sq[:, None] + sq[None, :] - 2 * (ct @ ct.t()).double()).clamp_min(0).float().double()
         exact = torch.cdist(x, x).square()
         norms, q4 = sq.sqrt(), (c ** 4).sum(1).pow(0.25)
-        for mode in ("probabilistic", "rigorous"):
+        for mode, least in (("probabilistic", 5e-3), ("rigorous", 2e-3)):
             eps = M.error_bound(norms, q4, norms[None, :], q4[None, :], 500, dtype, "cpu", mode)
             assert ((approx - exact).abs() <= eps).all(), (dtype, mode)
-        # the bound is not vacuous: within a few orders of magnitude of the observed error
-        ratio = ((approx - exact).abs().max() / eps.max()).item()
-        assert ratio > 1e-4
+            # the bound is not vacuous: the worst observed error reaches a fair part of it
+            # (measured over seeds: >= 0.023 / 0.0087 in fp32, >= 0.09 / 0.043 in bf16)
+            ratio = ((approx - exact).abs().max() / eps.max()).item()
+            assert ratio > least, (dtype, mode, ratio)
 
 
 def test_bad_inputs():
