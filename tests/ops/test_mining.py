@@ -266,10 +266,17 @@ def test_sample_triplets_reproducible():
     t4 = M.sample_triplets({"near_idx": nb.near_idx.numpy(), "far_idx": nb.far_idx.numpy()}, n=500, seed=1)
     assert t4.shape == (500, 3)
     assert torch.equal(t4, M.sample_triplets(nb, n=500, seed=1))
-    # uniform over the near set: every one of the 5 positives appears
     t5 = M.sample_triplets(nb, n=2000, seed=2, k_near=2)
     for a, p, _ in t5.tolist():
         assert p in nb.near_idx[a, :2].tolist()
+    # uniform over the near / far sets: each rank position is drawn about equally often
+    # (2000 draws: 400 per near position of 5, ~154 per far position of 13; the bounds are
+    # ~5 standard deviations, and the seed is fixed)
+    t6 = M.sample_triplets(nb, n=2000, seed=3)
+    near_pos = (nb.near_idx[t6[:, 0]] == t6[:, 1:2]).float().argmax(1)
+    far_pos = (nb.far_idx[t6[:, 0]] == t6[:, 2:3]).float().argmax(1)
+    assert (torch.bincount(near_pos, minlength=5) - 400).abs().max() < 5 * (2000 * 0.2 * 0.8) ** 0.5
+    assert (torch.bincount(far_pos, minlength=13) - 2000 / 13).abs().max() < 5 * (2000 / 13 * 12 / 13) ** 0.5
     with pytest.raises(ValueError, match="k_near"):
         M.sample_triplets(nb, k_near=6)
 
