@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from .. import _ext
 from . import reference as _ref
+from ._checks import _check_features, _check_layers, _check_targets, _check_weights, _pair_layers
+from .gram_cublas import _gram_cublas, _pairwise_cublas
 
 __all__ = ["gram", "style_loss", "style_distance", "gram_vectors", "gram_vector_dim",
            "pairwise_style_distance"]
@@ -55,149 +57,6 @@ def _kernels():
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-# ----------------------------------------------------------------------------------------------
-# the cuBLAS routes
-# ----------------------------------------------------------------------------------------------
-# Half precision, measured on an H100 (benchmarks/results/h100-2026-11-23): cuBLAS beats the
-# Triton kernels on both plain GEMM-shaped ops -- gram 1.2-4x faster than kernels/gram.py at
-# VGG16 shapes, and the N x D x N GEMM of pairwise_style_distance reaches 748 TFLOP/s against
-# the Triton kernel's 289.  So fp16/bf16 `gram` and `pairwise_style_distance` on CUDA run a
-# cuBLAS GEMM with float32 accumulation plus a small epilogue; `style_loss` keeps its fused
-# G(x) - G(y) Triton kernel (no cuBLAS equivalent).
-#
-# Float32 on CUDA runs cuBLAS too (IEEE float32 unless torch.set_float32_matmul_precision allows
-# TF32): on that H100 run the autotuned Triton float32 Gram kernels were not shown equal to
-# float64 at VGG sizes (tests/ops/test_gram.py::test_cuda_autotuned_vgg_like failed in both dot
-# modes, see README "fp32 Gram on CUDA"), so they are taken only when forced
-# (FASTEP_BACKEND=gram=triton,...) until a GPU run passes that test.
-
-
-@functools.lru_cache(maxsize=None)
-def _has_out_dtype(device_type: str) -> bool:
-    """torch.mm/bmm(..., out_dtype=float32) for half operands (CUDA, torch >= 2.8)."""
-    try:
-        a = torch.ones((2, 2), dtype=torch.bfloat16, device=device_type)
-        ok = torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
-        ok = ok and torch.bmm(a[None], a[None], out_dtype=torch.float32).dtype == torch.float32
-        return bool(ok)
-    except (TypeError, RuntimeError, NotImplementedError):
-        return False
-
-
-def _mm_f32(a: Tensor, b: Tensor) -> Tensor:
-    """a @ b with float32 accumulation and a float32 result, for half or float32 operands."""
-    if a.dtype in _HALF and _has_out_dtype(a.device.type):
-        return torch.mm(a, b, out_dtype=torch.float32)
-    return torch.mm(a.float(), b.float())
-
-
-def _gram_cublas(features: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
-    """``gram`` as one batched GEMM (cuBLAS on CUDA), float32 accumulation; any layout.
-
-    The fast path for fp16/bf16 features on CUDA; correct on any device (the tests run it on
-    CPU too).  With ``out_dtype`` equal to the input's the scale is applied before the single
-    rounding (``baddbmm``'s alpha); float32 output from half input needs ``out_dtype`` support.
-    """
-    n, c, h, w = features.shape
-    f = features.reshape(n, c, h * w)  # a view for contiguous and channels_last layouts
-    scale = 1.0 / (c * h * w)
-    out_dtype = out_dtype or features.dtype
-    if out_dtype != features.dtype:
-        if features.dtype in _HALF and out_dtype == torch.float32 and _has_out_dtype(features.device.type):
-            return torch.bmm(f, f.transpose(1, 2), out_dtype=torch.float32).mul_(scale)
-        f = f.to(out_dtype)
-    return torch.baddbmm(f.new_zeros(()), f, f.transpose(1, 2), beta=0.0, alpha=scale)
-
-
-def _pairwise_cublas(x: Tensor, y: Optional[Tensor] = None) -> Tensor:
-    """``pairwise_style_distance`` as one GEMM (cuBLAS on CUDA) plus a float32 epilogue.
-
-    Self-distance (``y=None``): the squared norms are the GEMM's own diagonal (so d_ii is
-    exactly 0 and the norms match the dot products' rounding) and the result is made exactly
-    symmetric from its upper triangle.  Cross-distance: norms in float32 from one extra read.
-    """
-    if y is None:
-        dots = _mm_f32(x, x.T)
-        nx = dots.diagonal().clone()
-        d = (nx[:, None] + nx[None, :]).sub_(dots, alpha=2.0).clamp_min_(0.0)
-        d = torch.triu(d, 1)
-        return d + d.T
-    dots = _mm_f32(x, y.T)
-    nx = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32).square_()
-    ny = torch.linalg.vector_norm(y, dim=1, dtype=torch.float32).square_()
-    return (nx[:, None] + ny[None, :]).sub_(dots, alpha=2.0).clamp_min_(0.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# input validation
-# ----------------------------------------------------------------------------------------------
-
-def _check_features(f, name: str) -> Tensor:
-    if not isinstance(f, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of shape (N, C, H, W), got {type(f).__name__}")
-    if f.dim() != 4:
-        raise ValueError(f"{name}: expected a 4-D (N, C, H, W) tensor, got shape {tuple(f.shape)}")
-    if not f.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got {f.dtype}")
-    if f.shape[0] == 0:
-        raise ValueError(f"{name}: empty batch (N = 0) in shape {tuple(f.shape)}")
-    if f.shape[1] == 0 or f.shape[2] == 0 or f.shape[3] == 0:
-        raise ValueError(f"{name}: C, H and W must be positive, got shape {tuple(f.shape)}")
-    return f
-
-
-def _check_layers(feats, name: str) -> List[Tensor]:
-    if isinstance(feats, Tensor):
-        feats = [feats]
-    if not isinstance(feats, (list, tuple)):
-        raise TypeError(f"{name}: expected a sequence of (N, C, H, W) tensors, got {type(feats).__name__}")
-    if len(feats) == 0:
-        raise ValueError(f"{name}: expected at least one layer, got an empty sequence")
-    out = [_check_features(f, f"{name}[{i}]") for i, f in enumerate(feats)]
-    n = out[0].shape[0]
-    for i, f in enumerate(out):
-        if f.shape[0] != n:
-            raise ValueError(f"{name}[{i}]: batch size {f.shape[0]} differs from {name}[0]'s {n}")
-        if f.device != out[0].device:
-            raise ValueError(f"{name}[{i}]: on {f.device}, but {name}[0] is on {out[0].device}")
-    return out
-
-
-def _check_weights(weights, n_layers: int) -> List[float]:
-    if weights is None:
-        return [1.0] * n_layers
-    if isinstance(weights, Tensor):
-        weights = weights.tolist()
-    try:
-        weights = [float(w) for w in weights]
-    except TypeError:
-        raise TypeError(f"weights: expected a sequence of {n_layers} numbers, got {type(weights).__name__}") from None
-    if len(weights) != n_layers:
-        raise ValueError(f"weights: expected {n_layers} layer weights (one per layer), got {len(weights)}")
-    return weights
-
-
-def _pair_layers(fx: List[Tensor], feats_y, name_y: str = "feats_y") -> List[Tensor]:
-    fy = _check_layers(feats_y, name_y)
-    if len(fy) != len(fx):
-        raise ValueError(f"{name_y}: expected {len(fx)} layers like feats_x, got {len(fy)}")
-    out = []
-    n = fx[0].shape[0]
-    for i, (a, b) in enumerate(zip(fx, fy)):
-        if b.shape[1] != a.shape[1]:
-            raise ValueError(f"{name_y}[{i}]: {b.shape[1]} channels, but feats_x[{i}] has {a.shape[1]}")
-        if b.device != a.device:
-            raise ValueError(f"{name_y}[{i}]: on {b.device}, but feats_x[{i}] is on {a.device}")
-        if b.shape[0] != n:
-            if b.shape[0] != 1:
-                raise ValueError(f"{name_y}[{i}]: batch size {b.shape[0]}, expected {n} (as feats_x) or 1")
-            b = b.expand(n, *b.shape[1:])
-        if b.dtype != a.dtype:
-            b = b.to(a.dtype)
-        out.append(b)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,7 +162,7 @@ def _gram_diff_with(gram_fn):
     return gram_diff
 
 
-_STYLE_ROUTES = [("triton", _HALF), "cublas"]  # float32: see "the cuBLAS routes" above
+_STYLE_ROUTES = [("triton", _HALF), "cublas"]  # float32: why, in fastep/ops/gram_cublas.py
 GRAM_DIFF = _ext.register_op(
     "gram_diff", cuda=_STYLE_ROUTES,
     impls={"triton": _gram_diff_triton, "cublas": _gram_diff_with(_gram_cublas),
@@ -353,33 +212,6 @@ def _gram_diff_backward(ctx, grad):
 
 
 _gram_diff_op.register_autograd(_gram_diff_backward, setup_context=_gram_diff_setup)
-
-
-def _check_targets(target_grams, fx: List[Tensor]) -> List[Tensor]:
-    if isinstance(target_grams, Tensor):
-        target_grams = [target_grams]
-    if not isinstance(target_grams, (list, tuple)):
-        raise TypeError(f"target_grams: expected a sequence of (C, C) or (N, C, C) tensors, got "
-                        f"{type(target_grams).__name__}")
-    if len(target_grams) != len(fx):
-        raise ValueError(f"target_grams: expected {len(fx)} layers like feats_x, got {len(target_grams)}")
-    n = fx[0].shape[0]
-    out = []
-    for i, (t, f) in enumerate(zip(target_grams, fx)):
-        c = f.shape[1]
-        if not isinstance(t, Tensor):
-            raise TypeError(f"target_grams[{i}]: expected a tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"target_grams[{i}]: expected a floating-point tensor, got {t.dtype}")
-        ok = (t.dim() == 2 and tuple(t.shape) == (c, c)) or \
-             (t.dim() == 3 and tuple(t.shape[1:]) == (c, c) and t.shape[0] in (1, n))
-        if not ok:
-            raise ValueError(f"target_grams[{i}]: expected shape ({c}, {c}), (1, {c}, {c}) or "
-                             f"({n}, {c}, {c}) for feats_x[{i}] of shape {tuple(f.shape)}, got {tuple(t.shape)}")
-        if t.device != f.device:
-            raise ValueError(f"target_grams[{i}]: on {t.device}, but feats_x[{i}] is on {f.device}")
-        out.append(t)
-    return out
 
 
 def _layer_diffs(feats_x, feats_y, target_grams) -> List[Tensor]:

@@ -166,6 +166,28 @@ def test_pairwise_cublas_route(device, dtype):
         assert ((s.double() - ds).abs() <= _pairwise_bound(x, None)).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_registered_cublas_impls(device, dtype):
+    """The cuBLAS implementations the routes take on CUDA (float32 Gram differences and style loss,
+    every pairwise distance), called through the registry on any device, against float64."""
+    x = make_features((2, 70, 5, 6), dtype, device, "channels_last")
+    y = make_features((2, 70, 5, 6), dtype, device, "channels_last")
+    x64, y64 = x.double(), y.double()
+    d64 = R.gram_reference(x64) - R.gram_reference(y64)
+    mag = gram_mag(x64) + gram_mag(y64)
+    assert_elementwise(G.GRAM_DIFF.impls["cublas"](x, y, None), d64, mag, 30, torch.float32)
+    t = R.gram_reference(y64).float()
+    assert_elementwise(G.GRAM_DIFF.impls["cublas"](x, None, t), d64, mag, 30, torch.float32)
+    out = torch.empty((2, 70, 70), device=device)
+    G.STYLE_LOSS.impls["cublas"](out, x, y, None)
+    assert_elementwise(out, d64, mag, 30, torch.float32)
+    a = torch.randn(13, 257, device=device).to(dtype)
+    s = G.PAIRWISE.impls["cublas"](a, None, 5)  # blocks of 5 rows: diagonal and mirrored blocks
+    assert (s.diagonal() == 0).all() and torch.equal(s, s.T)
+    assert ((s.double() - R.pairwise_style_distance_direct(a)).abs() <= _pairwise_bound(a, None)).all()
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_gemm_routing_cuda(dtype, monkeypatch):
