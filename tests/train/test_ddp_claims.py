@@ -24,9 +24,9 @@ WORLD = 2
 
 
 def _broadcast_case(rank, root):
-    from fastep.train.config import LossConfig, ModelConfig, TrainConfig
-    from fastep.train.step import TrainStep, build_models
-    from fastep.train.trainer import model_weights
+    from fastep.zoo.step import build_models
+    from fastep.zoo.step.config import LossConfig, ModelConfig, TrainConfig
+    from fastep.zoo.step.train_step import TrainStep
 
     mc = ModelConfig.tiny(resolution=32)
     lc = LossConfig.preset("ours_v3", perceptual_backbone="random")
@@ -36,7 +36,7 @@ def _broadcast_case(rank, root):
     models = build_models(mc, "cpu")
     before = {k: {n: p.detach().clone() for n, p in getattr(models, k).named_parameters()} for k in "GED"}
     step = TrainStep(models, lc, tc, 3)
-    w = model_weights(step)
+    w = step.networks()
     after = {k: {n: p.detach().clone() for n, p in w[k].named_parameters()} for k in "GED"}
     torch.save({"before": before, "after": after}, os.path.join(root, f"bcast{rank}.pt"))
 
@@ -51,7 +51,7 @@ def _toy_trainer(rank, out_dir, nan_at=None, **kw):
     step = ToyStep(nan_at=nan_at)
     for k in "GED":
         setattr(step.models, k, DDP(getattr(step.models, k)))
-    return Trainer(step, ToyPairs(n=24), stage="3", batch_size=2, out_dir=out_dir, seed=1, progress=False,
+    return Trainer(step, ToyPairs(n=24), system="toy", stage="3", batch_size=2, out_dir=out_dir, seed=1, progress=False,
                    tensorboard=False, **kw)
 
 
@@ -79,7 +79,7 @@ def _stop_case(rank, root, what):
 
 def _writes_case(rank, root):
     tr = _toy_trainer(rank, os.path.join(root, f"writes{rank}"), kimg=0.024, log_every=2, ckpt_every_kimg=0.008,
-                      image_every_kimg=0.016, z_dim=4, n_grid=2)
+                      image_every_kimg=0.016, n_grid=2)
     tr.fit()
 
 

@@ -5,8 +5,8 @@ test_step.py; this covers the five other loss configurations' code paths too."""
 import pytest
 import torch
 
-from fastep.train.config import APPROACHES, LossConfig, ModelConfig, TrainConfig
-from fastep.train.step import make_train_step
+from fastep.zoo.step.config import APPROACHES, LossConfig, ModelConfig, TrainConfig
+from fastep.zoo.step.train_step import make_train_step
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 

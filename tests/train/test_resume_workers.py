@@ -24,7 +24,7 @@ def _run(out, workers, seed=0, stop_at=None, resume=False):
     torch.manual_seed(seed)
     step = ToyStep()
     # 12 steps of batch 4 over 22 images (5 batches / epoch): the stop at 7 is mid-epoch 2
-    tr = Trainer(step, ToyPairs(n=22), stage="2", batch_size=4, kimg=0.048, out_dir=out, seed=3, log_every=3,
+    tr = Trainer(step, ToyPairs(n=22), system="toy", stage="2", batch_size=4, kimg=0.048, out_dir=out, seed=3, log_every=3,
                  ckpt_every_kimg=0.012, progress=False, tensorboard=False, num_workers=workers)
 
     def stop(t):
