@@ -347,9 +347,9 @@ def _cache_matches(root: Path, meta: Optional[dict], want: dict) -> bool:
 
 def _only_ours(root: Path) -> bool:
     """True when ``root`` holds nothing but a built-in data set (safe to replace)."""
-    allowed = {"train", "val", "factors.json"}
+    allowed = {"train", "val", "factors.json", "oracle.pt"}  # oracle.pt: fastep.eval.oracle's cache
     for entry in root.iterdir():
-        if entry.name not in allowed:
+        if entry.name not in allowed and not entry.name.startswith(".oracle.pt.tmp-"):
             return False
         if entry.is_dir() and any(not (p.is_file() and p.suffix.lower() == ".png") for p in entry.iterdir()):
             return False

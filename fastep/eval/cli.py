@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="'imagenet' (needs the torchvision file offline), 'random' (seeded; offline), or a path")
     p.add_argument("--inception", default=None, help="Inception-v3 weights file for IS / FID")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--no-oracle", action="store_true",
+                   help="skip the style-oracle metrics (built-in data only; the oracle trains once, cached)")
 
 
 def _cuda() -> bool:
@@ -39,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = EvalConfig(n_inputs=args.n_inputs, n_styles=args.n_styles, max_recon=args.max_recon,
                          style_source=args.style_source, lpips_net=args.lpips_net,
-                         lpips_weights=args.lpips_weights, inception_weights=args.inception, ema=not args.no_ema)
+                         lpips_weights=args.lpips_weights, inception_weights=args.inception, ema=not args.no_ema,
+                         oracle=not getattr(args, "no_oracle", False))
         report = evaluate_checkpoint(args.checkpoint, args.data, cfg, args.device)
     except (CheckpointError, ValueError, FileNotFoundError) as err:
         print(f"fastep eval: error: {err}", file=sys.stderr)
@@ -47,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval.json"
     write_report(report, out)
     print(markdown_report([report]))
+    if "oracle" in report:
+        from .oracle import summary_lines
+
+        print("\n".join(summary_lines(report["oracle"])))
     print(json.dumps({k: report[k] for k in ("reconstruction", "diversity") if k in report}, indent=1))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0

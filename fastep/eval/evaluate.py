@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
@@ -25,6 +26,7 @@ from typing import Callable, Dict, List, Optional, Union
 import torch
 
 from . import metrics as M
+from .oracle import OracleConfig
 
 Tensor = torch.Tensor
 
@@ -42,10 +44,15 @@ class EvalConfig:
     lpips_weights: str = "imagenet"  # "imagenet" | "random" | path to a torchvision state dict
     inception_weights: Optional[str] = None
     style_capture: bool = True
+    oracle: bool = True            # built-in data: style-transfer / content / realism by the style oracle
+    oracle_max_images: Optional[int] = None  # cap on validation images for the oracle metrics
+    oracle_config: OracleConfig = field(default_factory=OracleConfig)  # how the oracle is trained
     ema: bool = True
     seed: int = 0
 
     def __post_init__(self):
+        if isinstance(self.oracle_config, dict):
+            self.oracle_config = OracleConfig(**self.oracle_config)
         if self.style_source not in ("images", "mapper", "gaussian"):
             raise ValueError(f"style_source must be 'images', 'mapper' or 'gaussian', got {self.style_source!r}")
         for name in ("n_inputs", "n_styles", "batch_size"):
@@ -194,6 +201,9 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], data_root: Union[str, Path
             f_fake, logits = M.inception_outputs(net, fake.to(device))
             report["inception_score"] = M.inception_score(logits.cpu(), splits=min(10, len(fake)))
             report["fid"] = M.frechet_distance(f_real.cpu(), f_fake.cpu())
+    if cfg.oracle and (data_root / "factors.json").exists() and extras.get("stage") != "1":
+        report["oracle"] = oracle_metrics(G, E, model_cfg, extras, data_root, cfg, device,
+                                          lpips=make_lpips(cfg.lpips_net, cfg.lpips_weights, device))
     if cfg.style_capture and (data_root / "factors.json").exists():
         styles = BuiltinStyles.load(data_root)
         trained = style_capture(E, styles, res, batch_size=cfg.batch_size, device=device)
@@ -204,6 +214,29 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], data_root: Union[str, Path
                                    "probe_mean_gain": trained["probe_mean"] - rand["probe_mean"],
                                    "nn_retrieval_gain": trained["nn_retrieval"] - rand["nn_retrieval"]}
     return report
+
+
+def oracle_metrics(G, E, model_cfg, extras, data_root: Path, cfg: EvalConfig, device, lpips=None) -> Dict[str, object]:
+    """:func:`fastep.eval.oracle.translation_report` of a loaded model: the sampled codes are the
+    checkpoint's mapper and N(mu, sigma) where it has them, else codes of random validation images."""
+    from .oracle import load_or_train_oracle, translation_report
+
+    oracle = load_or_train_oracle(data_root, cfg.oracle_config, device="cpu", progress=True,
+                                  log=lambda m: print(m, file=sys.stderr, flush=True))
+    codes: Dict[str, Callable] = {}
+    mapper, zs = extras.get("mapper"), extras.get("z_stats")
+    if mapper is not None:
+        nd = getattr(mapper, "noise_dim", None) or model_cfg.z_dim
+        codes["mapper"] = lambda k, g: mapper(torch.randn(k, nd, generator=g).to(device))
+    if zs is not None:
+        codes["gaussian"] = lambda k, g: zs["mu"].to(device) + zs["sigma"].to(device) * torch.randn(
+            k, len(zs["mu"]), generator=g).to(device)
+    if not codes:
+        val = _val_tensors(data_root, int(model_cfg.resolution), None)
+        codes["images"] = lambda k, g: E(val["B"][torch.randint(0, len(val["B"]), (k,), generator=g)].to(device))
+    with torch.no_grad():
+        return translation_report(G, E, data_root, oracle, sample_codes=codes, lpips=lpips, device=device,
+                                  max_images=cfg.oracle_max_images, seed=cfg.seed, batch_size=cfg.batch_size)
 
 
 def _fmt(v) -> str:
@@ -224,6 +257,33 @@ def markdown_report(reports: List[Dict[str, object]], names: Optional[List[str]]
                sc.get("trained", {}).get("probe_mean", "-"), sc.get("random_init", {}).get("probe_mean", "-"),
                sc.get("trained", {}).get("nn_retrieval", "-"), sc.get("random_init", {}).get("nn_retrieval", "-")]
         lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+    for name, r in zip(names, reports):
+        if "oracle" in r:
+            lines += ["", f"Style oracle ({name}):", "", oracle_table(r["oracle"])]
+    return "\n".join(lines)
+
+
+def oracle_table(rep: Dict[str, object]) -> str:
+    """The oracle metrics as a markdown table: the model, its trivial baselines and the ceiling."""
+    cols = ["", "palette", "gradient", "texture", "hue (30 deg)", "content IoU", "recon PSNR", "recon LPIPS",
+            "confidence", "Frechet (oracle)", "diversity"]
+    rows = [("model", "model"), ("grey image", "grey"), ("flat mean colour", "flat_mean_colour"),
+            ("data-set mean image", "dataset_mean"), ("real (ceiling)", "ceiling_real")]
+    t, rec, smp = rep["transfer"], rep["reconstruction"], rep.get("sampling", {})
+    samp_model = next((k for k in ("mapper", "gaussian", "images") if k in smp), None)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for label, key in rows:
+        tt, rr = t[key], rec[key]
+        ss = smp.get(samp_model if key == "model" else key, {})
+        vals = [f"{tt['palette']:.1%}", f"{tt['gradient']:.1%}", f"{tt['texture']:.1%}", f"{tt['hue_30deg']:.1%}",
+                f"{tt['iou']:.3f}", f"{rr['psnr']:.2f}", _fmt(rr.get("lpips", "-")),
+                _fmt(ss.get("confidence", "-")), _fmt(ss.get("frechet", "-")), _fmt(ss.get("lpips_diversity", "-"))]
+        lines.append(f"| {label} | " + " | ".join(vals) + " |")
+    held = rep["oracle_held_out"]
+    lines.append("")
+    lines.append(f"Transfer: oracle factors of G(A_i, E(B_j)), j != i, against B_j's ({rep['n']} validation pairs); "
+                 f"sampling columns: {samp_model} codes. Oracle held-out accuracy: "
+                 + ", ".join(f"{k} {v:.1%}" if k != "mask_iou" else f"mask IoU {v:.3f}" for k, v in held.items()))
     return "\n".join(lines)
 
 

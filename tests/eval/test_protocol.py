@@ -7,13 +7,15 @@ import torch
 from PIL import Image
 
 from fastep.eval.evaluate import EvalConfig, evaluate_checkpoint
+from fastep.eval.oracle import OracleConfig
 from fastep.eval.protocol import run_protocol
 
 
 @pytest.fixture(scope="module")
 def protocol(tmp_path_factory):
     out = tmp_path_factory.mktemp("protocol")
-    cfg = EvalConfig(n_inputs=4, n_styles=3, lpips_weights="random", batch_size=16)
+    cfg = EvalConfig(n_inputs=4, n_styles=3, lpips_weights="random", batch_size=16,
+                     oracle_config=OracleConfig(n_images=256, steps=20, batch_size=32, width=8))
     report = run_protocol(out, ("ours_v3", "bicycle_v1"), device="cpu", eval_cfg=cfg, n_train=24, n_val=8,
                           resolution=32, pipeline_overrides=dict(stage2_kimg=0.008, stage3_kimg=0.008,
                                                                  stage1_epochs=1, mapper_epochs=2, progress=False))
@@ -34,6 +36,9 @@ def test_protocol_writes_report_and_table(protocol):
         sc = final["style_capture"]
         for who in ("trained", "random_init"):
             assert 0 <= sc[who]["probe_mean"] <= 1 and 0 <= sc[who]["nn_retrieval"] <= 1
+        orc = final["oracle"]
+        assert 0 <= orc["headline"]["palette_transfer"] <= 1 and 0 <= orc["headline"]["content_iou"] <= 1
+        assert "Style oracle" in md
         assert sc["probe_mean_gain"] == pytest.approx(sc["trained"]["probe_mean"] - sc["random_init"]["probe_mean"])
 
 
