@@ -156,6 +156,13 @@ class LossConfig:
     1/32 .. 1, ``perceptual_distance`` "mse" (official) or "l1"; the official code scales the
     activations by ``perceptual_act_scale`` = 0.1 before the squared error, i.e. the mse is
     multiplied by 0.01 (by 0.1 for l1).  ``perceptual_backbone`` "imagenet" | "random" | path.
+    ``perceptual_layers`` (default None: conv{1..5}_2) names the VGG layers explicitly, one weight
+    each; the backbone runs only up to the deepest one.
+
+    ``lambda_pixel`` (not in the paper; default 0) adds a pixel-space L1 term
+    ``lambda_pixel * mean|G(A, E(B)) - B|`` (images in [-1, 1]) to the direct reconstruction:
+    offline the perceptual loss runs on a random-weight VGG, and at CPU scale that alone does not
+    pull colours and layout into place (see the README's CPU preset section).
     """
 
     dir_recon: bool = True
@@ -180,12 +187,21 @@ class LossConfig:
     perceptual_weights: Tuple[float, ...] = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
     perceptual_act_scale: float = 0.1
     perceptual_backbone: str = "imagenet"
+    perceptual_layers: Optional[Tuple[str, ...]] = None
+    lambda_pixel: float = 0.0
     name: str = "custom"
 
     def __post_init__(self):
         _bools(self, *_FLAGS)
         _positive(self, "lambda_gan", "lambda_rec", "lambda_z_l2", "lambda_z_kl", "lambda_z_recon",
-                  allow_zero=True)
+                  "lambda_pixel", allow_zero=True)
+        if self.perceptual_layers is not None:
+            if isinstance(self.perceptual_layers, (list, str)):
+                self.perceptual_layers = (tuple(self.perceptual_layers) if isinstance(self.perceptual_layers, list)
+                                          else (self.perceptual_layers,))
+            if len(self.perceptual_layers) != len(self.perceptual_weights):
+                raise ValueError(f"LossConfig.perceptual_layers names {len(self.perceptual_layers)} layers but "
+                                 f"perceptual_weights has {len(self.perceptual_weights)} weights (one per layer)")
         _positive(self, "z_std", "perceptual_act_scale")
         if self.lambda_cyc is not None:
             _positive(self, "lambda_cyc", allow_zero=True)

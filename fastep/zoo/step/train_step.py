@@ -60,7 +60,7 @@ __all__ = ["TrainStep", "make_train_step", "LOSS_KEYS"]
 
 #: keys of the dict a step returns (always all of them; terms that are off are 0)
 LOSS_KEYS = ("loss_d", "loss_d_real", "loss_d_fake", "loss_g", "loss_g2", "g_gan", "g2_gan", "rec", "cyc",
-             "z_recon", "z_l2", "z_kl")
+             "z_recon", "z_l2", "z_kl", "pixel")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -121,13 +121,14 @@ class _Perceptual(nn.Module):
         from ...losses import PerceptualLoss
         from ...ops.reductions import weighted_feature_distance
 
+        layers = None if loss_cfg.perceptual_layers is None else tuple(loss_cfg.perceptual_layers)
         key = (loss_cfg.perceptual_net, tuple(loss_cfg.perceptual_weights), loss_cfg.perceptual_distance,
-               str(loss_cfg.perceptual_backbone), bool(channels_last), str(amp_dtype), str(device))
+               str(loss_cfg.perceptual_backbone), layers, bool(channels_last), str(amp_dtype), str(device))
         loss = _PERCEPTUAL_CACHE.get(key)  # frozen backbones are shared between steps
         if loss is None:
             loss = PerceptualLoss(loss_cfg.perceptual_net, loss_cfg.perceptual_weights,
                                   loss_cfg.perceptual_distance, loss_cfg.perceptual_backbone,
-                                  amp=amp_dtype if amp_dtype is not None else False,
+                                  layers=layers, amp=amp_dtype if amp_dtype is not None else False,
                                   channels_last=channels_last).to(device)
             if isinstance(loss_cfg.perceptual_backbone, str) and len(_PERCEPTUAL_CACHE) < 8:
                 _PERCEPTUAL_CACHE[key] = loss
@@ -329,21 +330,26 @@ class TrainStep:
             d_fake_terms = []
             loss_g = zero
             # direct reconstruction
-            need_target_feats = cfg.dir_recon or cfg.cyc_recon
+            # a zero perceptual weight skips the backbone passes (the pixel term alone needs none)
+            need_target_feats = (cfg.dir_recon and cfg.lambda_rec > 0) or (cfg.cyc_recon and cfg.cyc_weight > 0)
             if need_target_feats:
                 with torch.no_grad():
                     tgt_feats = self.perceptual.features(B)
-            if cfg.dir_recon:
+            if cfg.dir_recon and cfg.lambda_rec > 0:
                 rec = self.perceptual.distance(self.perceptual.features(fake), tgt_feats)
                 out["rec"] = rec
                 loss_g = loss_g + cfg.lambda_rec * rec
+            if cfg.dir_recon and cfg.lambda_pixel > 0:
+                pixel = (fake.float() - B.float()).abs().mean()
+                out["pixel"] = pixel
+                loss_g = loss_g + cfg.lambda_pixel * pixel
             if cfg.d_dir:
                 d_fake_terms.append(D(A, fake.detach()))
                 g_gan = _lsgan_g(_call_with(D, d_frozen, A, fake))
                 out["g_gan"] = g_gan
                 loss_g = loss_g + cfg.lambda_gan * g_gan
             # cross-cycle reconstruction: image i takes the code of image i-1, and back
-            if cfg.cyc_recon:
+            if cfg.cyc_recon and cfg.cyc_weight > 0:
                 swap = G.decode(feats, z.roll(1, 0))
                 if cfg.needs_logvar:
                     mu2, logvar2 = E.stats(swap)
