@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    from fastep.train import pipeline as pl
+    from fastep.zoo.step import pipeline as pl
 
     loss_over = {"lambda_rec": a.lambda_rec, "lambda_pixel": a.lambda_pixel, "lambda_gan": a.lambda_gan,
                  "perceptual_backbone": "random"}

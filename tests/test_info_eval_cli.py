@@ -66,7 +66,7 @@ def test_eval_cli_writes_report_with_reconstruction_psnr(trained, tmp_path, caps
     out = tmp_path / "ev" / "eval.json"
     capsys.readouterr()
     rc = main(["eval", str(ckpt), "--data", str(data), "--device", "cpu", "--n-inputs", "2", "--n-styles", "2",
-               "--lpips-weights", "random", "--out", str(out)])
+               "--lpips-weights", "random", "--oracle-steps", "20", "--out", str(out)])
     printed = capsys.readouterr().out
     assert rc == 0
     assert out.is_file() and out.with_suffix(".md").is_file()
@@ -84,4 +84,6 @@ def test_eval_cli_writes_report_with_reconstruction_psnr(trained, tmp_path, caps
     mse = (fake - B.double()).square().flatten(1).mean(1)
     psnr = (10 * torch.log10(4.0 / mse)).mean().item()
     assert rec["psnr"] == pytest.approx(psnr, abs=1e-4)
+    assert "palette transfer" in printed and "content IoU" in printed
+    assert 0 <= rep["oracle"]["headline"]["texture_transfer"] <= 1
     assert "style_capture" in rep and 0 <= rep["style_capture"]["trained"]["probe_mean"] <= 1

@@ -63,6 +63,14 @@ class OracleConfig:
     noise: float = 0.03        # Gaussian pixel noise added while training (robust to small errors)
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("n_images", "steps", "batch_size", "width", "max_resolution"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"OracleConfig.{name} must be a positive int, got {v!r}")
+        if self.width % 2:
+            raise ValueError(f"OracleConfig.width must be even, got {self.width}")
+
 
 # ----------------------------------------------------------------------------- the network
 
