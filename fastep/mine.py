@@ -300,8 +300,8 @@ def _run(args, ctx: "_Dist") -> int:
                 bar.close()
                 print(f"fastep mine: stopping after {finished_now} chunk(s) (--stop-after-chunks)", file=sys.stderr)
                 return 3
-    bar.close()
     ctx.barrier("waiting for every rank's Gram vectors")
+    bar.close(complete=True)
     done, bad = _read_done(work, config)
     missing = [c for c in chunks if c not in done]
     if missing:

@@ -223,9 +223,14 @@ class _Progress:
         self.bar.n = min(self.total, self.initial + done)
         self.bar.refresh()
 
-    def close(self) -> None:
+    def close(self, complete: bool = False) -> None:
+        """``complete``: every rank has finished (after a collective that needed them all)."""
         if self.bar is not None:
-            self._post()
+            if complete:
+                self.bar.n = self.total
+                self.bar.refresh()
+            else:
+                self._post()
             self.bar.close()
             self.bar = None
 
@@ -305,7 +310,7 @@ def mine_distributed(src: "_m._Source", plan: "_m._Plan", group, *, bound: str, 
             if _STOP_AFTER_TILES is not None and computed >= _STOP_AFTER_TILES and done < len(my_pairs):
                 state.save(lists, done, my_pairs)
                 raise _Stopped(f"rank {rank}: stopped after {computed} tile(s) (test hook)")
-        bar.close()
+        bar._post()
 
     # ---- 3. merge: each row's candidates to its owner, then certify there ---------------------
     owners = row_shares(n, K)
@@ -315,6 +320,7 @@ def mine_distributed(src: "_m._Source", plan: "_m._Plan", group, *, bound: str, 
     del lists
     got_d = comm.all_to_all_rows("merging the candidate lists", dists, owners)
     got_i = comm.all_to_all_rows("merging the candidate lists", idx, owners)
+    bar.close(complete=True)  # the exchange needed every rank's finished lists
     kn2, kf2 = plan.kn2, plan.kf2
     merged = []
     for lo, hi, far, k2 in ((0, kn2, False, kn2), (kn2, kn2 + kf2, True, kf2)):
