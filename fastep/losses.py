@@ -3,14 +3,19 @@
 * :class:`PerceptualLoss` / :func:`perceptual_loss`: VGG16 conv_i_2 (StEP) or VGG19 relu_i_1
   (pix2pixHD) feature distance with layer weights (1/32, 1/16, 1/8, 1/4, 1), L1 or MSE.
   Swap for pix2pixHD's ``VGGLoss``: ``criterionVGG = PerceptualLoss("pix2pixhd")``.
-* :class:`StyleLoss`: Gatys' Gram-matrix loss on fastep's fused Gram ops, target Grams cached.
+* :class:`StyleLoss`: Gatys' Gram-matrix loss on fastep's fused Gram ops; a fixed target's Grams
+  (``set_target``) are computed once, a target given in the call is that call's target.
 * adversarial losses for single- or multi-scale discriminators: :func:`lsgan_d_loss`,
   :func:`lsgan_g_loss`, :func:`hinge_d_loss`, :func:`hinge_g_loss`, :func:`nonsat_d_loss`,
   :func:`nonsat_g_loss` (and :class:`AdversarialLoss`), :func:`r1_penalty`,
   :func:`feature_matching_loss`.
 * :class:`LPIPS` / :func:`lpips`: the lpips package's metric (v0.1 heads, AlexNet or VGG16
   backbone), numerically equal given the same backbone weights, with the normalise / difference
-  / channel weighting / spatial mean fused.  Swap: ``loss_fn = fastep.losses.LPIPS(net="alex")``.
+  / channel weighting / spatial mean fused.  Swap: ``loss_fn = fastep.losses.LPIPS(net="alex")``
+  (lpips' ``forward(in0, in1, retPerLayer=False, normalize=False)``).
+
+Where these differ from the originals they replace (sum over discriminator scales, Gram
+normalisation, ...) is listed in README's "Differences from the originals".
 
 Discriminator outputs may be a tensor, a list of tensors (one per scale), or a list of lists
 (pix2pixHD's ``getIntermFeat`` discriminators: per scale the intermediate features, the final
