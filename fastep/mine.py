@@ -21,6 +21,13 @@ Resumable: every finished chunk is recorded in ``state.json`` (atomic renames); 
 started again with the same arguments, continues after its last finished chunk and writes a
 file byte-identical to an uninterrupted run's.  Unreadable or odd-sized (odd-width AB) images are
 reported by name and skipped; ``--strict`` makes them an error.
+
+Under ``torchrun`` (WORLD_SIZE > 1; DATA, --out and the work dir on storage every rank sees) the
+ranks first compare a hash of their inputs (one line if they differ), share the chunks round
+robin (each rank records its own ``state.rankNNNNN.json``), mine with the process group
+(:mod:`fastep.ops.mining_distributed`) and rank 0 writes the same bytes one process would (with
+the same ``--memory-budget``).  A rank that dies makes the others stop with a message.
+The npz holds only numbers and strings (``np.load(..., allow_pickle=False)``; :func:`load_mined`).
 """
 from __future__ import annotations
 

@@ -496,7 +496,9 @@ def mine_neighbours(vectors, k_near: int = 5, k_far: int = 13, *, device=None,
             (:mod:`fastep.ops.mining_distributed`); every rank gets the whole result, equal bit
             for bit to one process's with the same ``memory_budget`` / ``block_rows``.
             ``vectors`` should then be a ``.npy`` path or memmap on storage every rank sees (each
-            rank reads only the row blocks its tiles need).
+            rank reads only the row blocks its tiles need).  An argument error raised on one
+            rank only (e.g. a path missing there) leaves the others waiting for the group's
+            timeout; the ranks' inputs are compared at the first exchange.
         work_dir: (distributed) folder for each rank's resume file: a rank killed and started
             again continues from its last checkpoint (every minute), a finished rank redoes
             nothing.  The caller removes the folder after success.
