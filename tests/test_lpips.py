@@ -309,3 +309,23 @@ def test_lpips_documented_differences(pair):
     assert "lin_path" in params and not {"spatial", "lpips", "pnet_tune", "model_path"} & set(params)
     with pytest.raises(TypeError, match="spatial"):
         L.LPIPS("alex", backbone_weights="random", spatial=True)
+
+
+@pytest.mark.triton
+def test_lpips_batch_one_broadcast_through_triton_backend(triton_device):
+    """One image against many through the fused Triton op: values and both gradients as lpips."""
+    from fastep import _ext
+
+    with _ext.force_backend("triton"), no_tf32():
+        fast = L.LPIPS("alex", backbone_weights="random", seed=SEED).to(triton_device)
+        ref = _reference("alex").to(triton_device)
+        a, b = (t.to(triton_device) for t in _images("alex", n=3))
+        one = b[:1]
+        a1, o1 = a.clone().requires_grad_(), one.clone().requires_grad_()
+        a2, o2 = a.clone().requires_grad_(), one.clone().requires_grad_()
+        v, v_ref = fast(a1, o1), ref(a2, o2)
+        torch.testing.assert_close(v, v_ref, rtol=1e-4, atol=1e-6)
+        v.sum().backward()
+        v_ref.sum().backward()
+        for g, h in ((a1.grad, a2.grad), (o1.grad, o2.grad)):
+            assert (g - h).norm() / h.norm() < 1e-3
