@@ -241,17 +241,20 @@ class PerceptualLoss(nn.Module):
 
 def shared_perceptual_loss(net: str = "vgg16", weights: Sequence[float] = DEFAULT_LAYER_WEIGHTS,
                            distance: Optional[str] = None, backbone_weights="imagenet", *, seed: int = 0,
-                           amp="auto", channels_last: Optional[bool] = None,
+                           layers: Optional[Sequence[str]] = None, amp="auto",
+                           channels_last: Optional[bool] = None,
                            device: Union[str, torch.device, None] = None) -> PerceptualLoss:
     """The :class:`PerceptualLoss` for this configuration on ``device`` from fastep's one backbone
     cache (:func:`fastep.nets.cache.shared_module`): built once, then shared by every caller
     (the functional :func:`perceptual_loss`, training steps).  Do not convert it in place.
     In-memory state dicts as ``backbone_weights`` give a fresh, uncached module."""
     wkey = weights_key(backbone_weights, seed)
-    key = None if wkey is None else (net, tuple(float(w) for w in weights), distance, wkey, str(amp),
+    layers = None if layers is None else tuple(layers)
+    key = None if wkey is None else (net, tuple(float(w) for w in weights), distance, wkey, layers, str(amp),
                                      channels_last)
     return shared_module("perceptual", key, device, lambda: PerceptualLoss(
-        net, weights, distance, backbone_weights, seed=seed, amp=amp, channels_last=channels_last))
+        net, weights, distance, backbone_weights, seed=seed, layers=layers, amp=amp,
+        channels_last=channels_last))
 
 
 def perceptual_loss(output: Tensor, target: Tensor, net: str = "vgg16",

@@ -197,6 +197,9 @@ def test_perceptual_functional_and_defaults():
     assert L.shared_perceptual_loss("vgg16", backbone_weights="random", seed=SEED) is shared
     assert any(k[0] == "perceptual" for k in shared_module_keys())
     torch.testing.assert_close(shared(x, y), v)
+    shallow = L.shared_perceptual_loss("vgg16", (1.0, 1.0), backbone_weights="random", seed=SEED,
+                                       layers=["relu1_2", "relu2_2"])
+    assert shallow is not shared and list(shallow.vgg.layers) == ["relu1_2", "relu2_2"]
     other = L.shared_perceptual_loss("vgg16", backbone_weights="random", seed=SEED + 1)
     assert other is not shared and not torch.equal(other.vgg.features[0].weight, shared.vgg.features[0].weight)
     from fastep.nets import random_state_dict
