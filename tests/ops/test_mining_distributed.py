@@ -68,9 +68,10 @@ def _worker(rank, world, rdv, root):
         except ValueError as err:
             out["mismatch"] = str(err)
         # resume: the last rank stops after one tile (checkpointed); the others finish their run
-        # and fail at the merge (short timeout); then everybody runs again
+        # and fail at the merge (8 s timeout: long enough for a loaded machine to reach it); then
+        # everybody runs again
         work = Path(root) / "work"
-        short = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=4))
+        short = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=8))
         MD._STOP_AFTER_TILES = 1 if rank == world - 1 else None
         try:
             M.mine_neighbours(path, kn, kf, process_group=short, work_dir=work, **kw)
