@@ -38,6 +38,9 @@ def _cases(root):
         "edge": (torch.randn(10, 5, generator=g), 3, 4, dict(block_rows=8)),
         # 1 tile pair: the other ranks compute nothing and only merge and certify
         "one_tile": (torch.randn(7, 4, generator=g), 2, 3, dict(block_rows=8)),
+        # other options: a transform (cosine), every pair re-ranked exactly, no near list
+        "cosine_all_far_only": (torch.randn(45, 11, generator=g), 0, 5,
+                                dict(block_rows=10, distance="cosine", rerank="all")),
     }
     out = {}
     for name, (x, kn, kf, kw) in cases.items():
@@ -108,7 +111,7 @@ def _single(path, kn, kf, kw):
     return M.mine_neighbours(path, kn, kf, **kw)
 
 
-@pytest.mark.parametrize("name", ["gram_like", "dups", "edge", "one_tile"])
+@pytest.mark.parametrize("name", ["gram_like", "dups", "edge", "one_tile", "cosine_all_far_only"])
 def test_equals_one_process_bit_for_bit(dist_run, name):
     world, cases, outs = dist_run
     path, kn, kf, kw = cases[name]
