@@ -37,7 +37,7 @@ R=$(cd "$R" && pwd)
 LOG="$R/run.log"
 : > "$LOG"
 export PYTHONUNBUFFERED=1 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-export FASTEP_CACHE_DIR=${FASTEP_CACHE_DIR:-$PWD/.fastep_cache}
+export FASTEP_CACHE=${FASTEP_CACHE:-$PWD/.fastep_cache}
 PY=${PYTHON:-python3}
 say() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
 # part NAME LIMIT CMD...: run under its own time limit, output to run.log (and the console)

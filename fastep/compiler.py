@@ -3,7 +3,7 @@
 Compiling a training step from scratch takes minutes on a GPU (inductor lowering, Triton
 compilation, autotuning).  Three things make later compiles fast:
 
-* **One on-disk cache folder** (:func:`cache_dir`): ``$FASTEP_CACHE_DIR``, else
+* **One on-disk cache folder** (:func:`cache_dir`): ``$FASTEP_CACHE``, else
   ``$XDG_CACHE_HOME/fastep``, else ``~/.cache/fastep``.  :func:`use_cache_dir` points inductor's
   FX-graph / AOTAutograd caches (``<dir>/inductor``) and Triton's kernel cache (``<dir>/triton``)
   there -- unless ``TORCHINDUCTOR_CACHE_DIR`` / ``TRITON_CACHE_DIR`` are already set, which win.
@@ -34,17 +34,16 @@ import torch
 __all__ = ["CACHE_ENV", "cache_dir", "use_cache_dir", "CompileArtifacts", "generated_code",
            "codegen_only", "count_kernels", "KernelCount"]
 
-#: The environment variable naming fastep's cache folder.
-CACHE_ENV = "FASTEP_CACHE_DIR"
+#: The environment variable naming fastep's cache folder (shared with the first-use build of _C).
+CACHE_ENV = "FASTEP_CACHE"
 
 
 def cache_dir() -> Path:
-    """fastep's cache folder: ``$FASTEP_CACHE_DIR``, ``$XDG_CACHE_HOME/fastep`` or ``~/.cache/fastep``."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "fastep"
+    """fastep's cache folder: ``$FASTEP_CACHE``, ``$XDG_CACHE_HOME/fastep`` or ``~/.cache/fastep``
+    (the one folder of :func:`fastep._build.cache_root`)."""
+    from ._build import cache_root
+
+    return cache_root()
 
 
 def use_cache_dir(root: Union[str, Path, None] = None) -> Dict[str, str]:

@@ -362,8 +362,11 @@ def test_max_batch_case_exact_uses_the_search_and_notes_a_step_down():
 
 def test_results_default_outside_the_source_tree(monkeypatch, tmp_path):
     """Without --out, results go to the user's cache folder, never into benchmarks/results."""
+    monkeypatch.delenv("FASTEP_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert bench.default_out() == tmp_path / "fastep" / "bench"
+    monkeypatch.setenv("FASTEP_CACHE", str(tmp_path / "c"))  # fastep's one cache folder
+    assert bench.default_out() == tmp_path / "c" / "bench"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert bench.REPO_ROOT not in bench.default_out().parents
     parser = argparse.ArgumentParser()

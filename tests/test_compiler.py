@@ -11,10 +11,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cache_dir_precedence(monkeypatch, tmp_path):
-    monkeypatch.setenv("FASTEP_CACHE_DIR", str(tmp_path / "a"))
+    monkeypatch.setenv("FASTEP_CACHE", str(tmp_path / "a"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert compiler.cache_dir() == tmp_path / "a"
-    monkeypatch.delenv("FASTEP_CACHE_DIR")
+    monkeypatch.delenv("FASTEP_CACHE")
     assert compiler.cache_dir() == tmp_path / "xdg" / "fastep"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert compiler.cache_dir() == Path.home() / ".cache" / "fastep"

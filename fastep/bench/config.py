@@ -19,10 +19,12 @@ MIB = 2 ** 20
 
 
 def default_out() -> Path:
-    """Where results go without ``--out``: ``$XDG_CACHE_HOME/fastep/bench`` (``~/.cache/...``),
-    outside any source tree (committed results are written with an explicit ``--out``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fastep" / "bench"
+    """Where results go without ``--out``: ``bench/`` in fastep's cache folder (``$FASTEP_CACHE``,
+    else ``$XDG_CACHE_HOME/fastep``, else ``~/.cache/fastep``), outside any source tree (committed
+    results are written with an explicit ``--out``)."""
+    from fastep._build import cache_root
+
+    return cache_root() / "bench"
 
 
 IMPLS: Tuple[str, ...] = ("fastep", "baseline", "baseline_bf16")
