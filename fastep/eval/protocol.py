@@ -2,7 +2,7 @@
 
     python -m fastep.eval.protocol --out runs/protocol [--approaches ours_v3 bicycle_v1]
 
-For every approach: train all stages with :func:`fastep.train.pipeline.run_pipeline` on one shared
+For every approach: train all stages with :func:`fastep.zoo.step.pipeline.run_pipeline` on one shared
 built-in data set (64 x 64 on a CPU by default), then evaluate the final checkpoint (PSNR,
 LPIPS, diversity, style capture of the encoder against a randomly initialised one) and, for
 approaches with a pre-trained encoder, the encoder right after stage 1.  It also draws the
@@ -84,7 +84,8 @@ def run_protocol(out: str | Path, approaches: Sequence[str] = ("ours_v3", "bicyc
                  n_train: int = 192, n_val: int = 64, resolution: int = 64, seed: int = 0) -> Dict[str, object]:
     """Train and evaluate every approach; return (and write) the protocol report."""
     from fastep.data import make_builtin_dataset
-    from fastep.train.pipeline import PipelineOptions, run_pipeline
+    from fastep.zoo.step.pipeline import run_pipeline
+    from fastep.zoo.step.run_config import resolve_run_config
 
     out = Path(out)
     cfg = eval_cfg or EvalConfig(n_inputs=min(100, n_val), lpips_weights="random")
@@ -95,9 +96,10 @@ def run_protocol(out: str | Path, approaches: Sequence[str] = ("ours_v3", "bicyc
     rows, names = [], []
     for approach in approaches:
         run_dir = out / approach
-        opts = PipelineOptions(out=str(run_dir), data=str(data_root), approach=approach, device=device,
-                               resolution=resolution, n_train=n_train, n_val=n_val, seed=seed, keep=1000,
-                               resume=True, **(pipeline_overrides or {}))
+        opts = resolve_run_config(None, {"out": str(run_dir), "data": str(data_root), "approach": approach,
+                                         "device": device, "model.resolution": resolution, "n_train": n_train,
+                                         "n_val": n_val, "seed": seed, "keep": 1000, "resume": True,
+                                         **(pipeline_overrides or {})})
         if not (run_dir / "final.pt").is_file():
             run_pipeline(opts)
         entry: Dict[str, object] = {"final": evaluate_checkpoint(run_dir / "final.pt", data_root, cfg, dev)}

@@ -79,16 +79,11 @@ def _unpack_batch(batch) -> Tuple[torch.Tensor, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- schedule
 
-def lr_scale_at(kimg_done: float, total_kimg: float, decay_start: float = 0.5, final: float = 0.0) -> float:
-    """Constant-then-linear-decay multiplier: 1 until ``decay_start * total_kimg``, then linear
-    down to ``final`` at ``total_kimg``."""
-    if total_kimg <= 0:
+def lr_scale_at(kimg_done: float, total_kimg: float, decay_start_kimg: float) -> float:
+    """The learning-rate multiplier: 1 until ``decay_start_kimg``, then linear to 0 at ``total_kimg``."""
+    if kimg_done <= decay_start_kimg or total_kimg <= decay_start_kimg:
         return 1.0
-    start = decay_start * total_kimg
-    if kimg_done <= start or decay_start >= 1.0:
-        return 1.0
-    frac = min(1.0, (kimg_done - start) / max(total_kimg - start, 1e-12))
-    return 1.0 + (final - 1.0) * frac
+    return max(0.0, 1.0 - (kimg_done - decay_start_kimg) / (total_kimg - decay_start_kimg))
 
 
 def _plain(module: torch.nn.Module) -> torch.nn.Module:
@@ -119,7 +114,7 @@ class Trainer:
     out_dir : folder of this stage (checkpoints, samples/, tb/, metrics.json).
     system : the zoo system's name, written into every checkpoint.
     configs, extras : :class:`~fastep.train.checkpoint.Checkpoint` fields of every checkpoint.
-    lr_decay_start : fraction of the stage after which the LR decays linearly to 0.
+    lr_decay_start_kimg : where the LR starts its linear decay to 0 (default: two thirds of ``kimg``).
     log_every : steps between host syncs (loss check, progress bar, scalars).
     ckpt_every_kimg, image_every_kimg : intervals (0: only at the end).
     keep : number of checkpoints kept.
@@ -130,7 +125,7 @@ class Trainer:
                  out_dir: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
                  seed: int = 0, system: str, configs: Optional[Dict[str, Any]] = None,
                  extras: Optional[Dict[str, Any]] = None,
-                 lr_decay_start: float = 0.5, log_every: int = 20, ckpt_every_kimg: float = 0.0,
+                 lr_decay_start_kimg: Optional[float] = None, log_every: int = 20, ckpt_every_kimg: float = 0.0,
                  image_every_kimg: float = 0.0, keep: int = 3, num_workers: int = 0,
                  progress: bool = True, tensorboard: bool = True,
                  n_grid: int = 8, max_steps: Optional[int] = None, log: Callable[[str], None] = None):
@@ -150,7 +145,8 @@ class Trainer:
         self.system = system
         self.configs = dict(configs or {})
         self.extras = dict(extras or {})
-        self.lr_decay_start = float(lr_decay_start)
+        self.lr_decay_start_kimg = float(self.kimg * 2.0 / 3.0 if lr_decay_start_kimg is None
+                                         else lr_decay_start_kimg)
         self.log_every = int(log_every)
         self.keep = int(keep)
         self.num_workers = int(num_workers)
@@ -210,7 +206,7 @@ class Trainer:
         return step_idx * self.images_per_step / 1000.0
 
     def _set_lr(self) -> None:
-        s = lr_scale_at(self.kimg_at(self.step_idx), self.kimg, self.lr_decay_start)
+        s = lr_scale_at(self.kimg_at(self.step_idx), self.kimg, self.lr_decay_start_kimg)
         if s != self._lr_scale:
             if hasattr(self.step, "set_lr_scale"):
                 self.step.set_lr_scale(s)

@@ -65,7 +65,8 @@ class System:
             ``source`` names the file in errors.
         config_from_checkpoint: ``checkpoint -> config`` (the networks' configuration it was made with).
         stages: the training stages, in order (names used by ``--stage`` and checkpoints).
-        run_config: ``(preset, overrides) -> run configuration`` (frozen, validated), or ``None``.
+        run_config: ``(preset or None, overrides mapping) -> run configuration`` (frozen, validated;
+            unknown keys are errors), or ``None``; it has ``out`` and ``to_json()``.
         train: ``run configuration -> metrics dict``: runs the configured stages, or ``None``.
     """
 

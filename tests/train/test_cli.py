@@ -18,17 +18,51 @@ def _opts(*argv):
 
 
 def test_options_from_args():
-    o = _opts()
+    o = _opts("--device", "cpu")
     assert o.stages == ("1", "2", "3", "mapper") and o.data == "builtin" and o.approach == "ours_v3"
+    assert o.batch == 4 and o.model.resolution == 64 and o.compile is False  # the cpu preset
     o = _opts("--stage", "all", "--kimg", "7")
     assert o.stage3_kimg == 7 and o.stage2_kimg == pytest.approx(2.5)
-    o = _opts("--stage", "2", "--kimg", "3", "--width", "8,16,4", "--no-compile", "--resume")
-    assert o.stages == ("2",) and o.stage2_kimg == 3 and o.stage3_kimg is None
-    assert o.model_overrides == {"g_nf": 8, "e_nf": 16, "d_nf": 4} and o.compile is False and o.resume
+    o = _opts("--stage", "2", "--kimg", "3", "--width", "8,16,4", "--no-compile", "--resume", "--device", "cpu")
+    assert o.stages == ("2",) and o.stage2_kimg == 3 and o.stage3_kimg == 0.16
+    assert (o.model.g_nf, o.model.e_nf, o.model.d_nf) == (8, 16, 4) and o.compile is False and o.resume
+    o = _opts("--preset", "paper", "--set", "model.z_dim=16", "--set", "lr_decay_start=0.5", "--batch", "2")
+    assert o.model.z_dim == 16 and o.lr_decay_start == 0.5 and o.batch == 2 and o.model.resolution == 256
+    assert o.compile is True and o.stage3_kimg == 700.0
     with pytest.raises(ValueError, match="--width"):
         _opts("--width", "8,8")
     with pytest.raises(ValueError, match="--kimg"):
         _opts("--kimg", "0")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--system", "nope"], ["unknown system 'nope'", "valid: step"]),
+    (["--preset", "huge"], ["unknown StEP run preset 'huge'", "paper, cpu"]),
+    (["--set", "batchsize=2"], ["unknown StEP run config key 'batchsize'", "batch"]),
+    (["--set", "model.gnf=2"], ["unknown StEP model config key 'gnf'", "g_nf"]),
+    (["--set", "model.g_nf=wide"], ["g_nf must be an int"]),
+    (["--approach", "ours_v9"], ["unknown approach 'ours_v9'", "ours_v3"]),
+    (["--set", "batch"], ["--set: expected KEY=VALUE"]),
+])
+def test_bad_configuration_is_one_line_naming_it(argv, words, capsys, tmp_path):
+    assert main(["train", "--out", str(tmp_path / "o"), *argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("fastep train: error: "), err
+    for w in words:
+        assert w in err, err
+    assert not (tmp_path / "o").exists()  # nothing was started
+
+
+def test_print_config_shows_the_resolved_run_and_exits(capsys, tmp_path):
+    assert main(["train", "--out", str(tmp_path / "o"), "--preset", "cpu", "--set", "model.g_nf=16",
+                 "--batch", "3", "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["batch"] == 3 and cfg["model"]["g_nf"] == 16 and cfg["model"]["resolution"] == 64
+    assert cfg["stage3_kimg"] == 0.16 and not (tmp_path / "o").exists()
+    from fastep.zoo.step.run_config import RunConfig, resolve_run_config
+
+    again = resolve_run_config("cpu", {k: v for k, v in cfg.items()})
+    assert isinstance(again, RunConfig) and json.loads(again.to_json()) == cfg  # the printed config reproduces the run
 
 
 def test_cli_reports_bad_data_folder(tmp_path, capsys):

@@ -63,15 +63,14 @@ def test_train_step_losses_match_the_recorded_ones(approach):
 
 
 def _run_stage3(out, resume=False):
-    from fastep.zoo.step.pipeline import PipelineOptions, run_pipeline
+    from fastep.cli import main
 
-    # the recorded run (tests/fixtures/v0/README.md)
-    opts = PipelineOptions(out=str(out), data=str(FIXTURES / "data"), approach="ours_v3", stages=("3",),
-                           device="cpu", resolution=16, batch=4, stage3_kimg=0.02, ckpt_every=0.008,
-                           image_every=0.0, log_every=1, workers=0, keep=3, seed=0, compile=False, amp=False,
-                           channels_last=False, vgg_weights="random", model_overrides=SMALL, progress=False,
-                           resume=resume)
-    run_pipeline(opts)
+    # the recorded run (tests/fixtures/v0/README.md), through `fastep train`
+    args = ["train", "--stage", "3", "--data", str(FIXTURES / "data"), "--out", str(out), "--preset", "cpu",
+            "--resolution", "16", "--batch", "4", "--kimg", "0.02", "--ckpt-every", "0.008", "--image-every", "0",
+            "--log-every", "1", "--vgg-weights", "random", "--device", "cpu", "--no-progress", "--seed", "0",
+            *[f"--set=model.{k}={v}" for k, v in SMALL.items()]]
+    assert main(args + (["--resume"] if resume else [])) == 0
     return [e for e in json.loads((out / "stage3" / "metrics.json").read_text())["history"] if "losses" in e]
 
 

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import torch
 
-from fastep.zoo.step.config import APPROACHES, LossConfig, ModelConfig, OptimConfig, TrainConfig, lr_scale_at
+from fastep.zoo.step.config import APPROACHES, LossConfig, ModelConfig, OptimConfig, TrainConfig
 from fastep.zoo.step.nets import build_models
 from fastep.zoo.step.train_step import LOSS_KEYS, TrainStep, make_train_step
 
@@ -105,7 +105,6 @@ def test_optim_and_train_config():
     d = dataclasses.asdict(TrainConfig(stage=3, approach="ours_v1"))
     assert TrainConfig.from_dict(d) == TrainConfig(stage=3, approach="ours_v1")
     assert TrainConfig(stage=3).total_kimg == 700 and TrainConfig(stage=2).total_kimg == 250
-    assert lr_scale_at(10, 100, 50) == 1.0 and lr_scale_at(75, 100, 50) == 0.5 and lr_scale_at(100, 100, 50) == 0.0
 
 
 # ----------------------------------------------------------------------------- the six approaches

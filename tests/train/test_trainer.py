@@ -15,8 +15,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tests: see tests/conf
 
 def _trainer(step, out, **kw):
     args = dict(system="toy", stage="2", batch_size=4, kimg=0.056, out_dir=out, seed=3, log_every=3,
-                ckpt_every_kimg=0.016, progress=False, tensorboard=False, lr_decay_start=0.25)
+                ckpt_every_kimg=0.016, progress=False, tensorboard=False)
     args.update(kw)
+    args.setdefault("lr_decay_start_kimg", 0.25 * args["kimg"])  # a quarter into the run
     return Trainer(step, ToyPairs(n=22), **args)
 
 
@@ -25,9 +26,10 @@ class Interrupt(BaseException):
 
 
 def test_lr_scale_schedule():
-    assert lr_scale_at(0, 10) == 1.0 and lr_scale_at(5, 10) == 1.0
-    assert lr_scale_at(7.5, 10) == pytest.approx(0.5) and lr_scale_at(10, 10) == 0.0
-    assert lr_scale_at(3, 10, decay_start=1.0) == 1.0
+    assert lr_scale_at(0, 10, 5) == 1.0 and lr_scale_at(5, 10, 5) == 1.0
+    assert lr_scale_at(7.5, 10, 5) == pytest.approx(0.5) and lr_scale_at(10, 10, 5) == 0.0
+    assert lr_scale_at(3, 10, 10) == 1.0
+    assert lr_scale_at(10, 100, 50) == 1.0 and lr_scale_at(75, 100, 50) == 0.5 and lr_scale_at(100, 100, 50) == 0.0
 
 
 def test_sampler_skip_within_epoch_sharded():
@@ -157,7 +159,7 @@ def test_real_step_resume_bit_identical_and_load_models(tmp_path, one_thread):
 
     def trainer(step, out, mc, tc):
         return Trainer(step, ToyPairs(n=10, res=32), system="step", stage="3", batch_size=2, kimg=0.012,
-                       out_dir=out, seed=0, log_every=2, ckpt_every_kimg=0.006, progress=False, lr_decay_start=0.3,
+                       out_dir=out, seed=0, log_every=2, ckpt_every_kimg=0.006, progress=False, lr_decay_start_kimg=0.0036,
                        configs={"model": dataclasses.asdict(mc), "train": dataclasses.asdict(tc)})
 
     ref, mc, tc = _real_step(0)
@@ -277,7 +279,7 @@ torch.manual_seed(0)
 step = ToyStep()
 pad = torch.randn(4_000_000, generator=torch.Generator().manual_seed(1))  # 16 MB per checkpoint: writing takes long enough to be caught mid-write
 Trainer(step, ToyPairs(n=22), system="toy", stage="2", batch_size=4, kimg=0.12, out_dir=sys.argv[1], seed=3,
-        log_every=3, ckpt_every_kimg=0.008, progress=False, tensorboard=False, lr_decay_start=0.25,
+        log_every=3, ckpt_every_kimg=0.008, progress=False, tensorboard=False, lr_decay_start_kimg=0.03,
         extras={"pad": pad}, keep=2).fit(resume=True)
 """
 

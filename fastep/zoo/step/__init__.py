@@ -96,4 +96,18 @@ SYSTEM = System(
     load=load_translator,
     config_from_checkpoint=model_config_from_checkpoint,
     stages=("1", "2", "3", "mapper"),
+    run_config=lambda preset=None, overrides=None: _run_config(preset, overrides),
+    train=lambda run: _train(run),
 )
+
+
+def _run_config(preset, overrides):
+    from .run_config import resolve_run_config
+
+    return resolve_run_config(preset, overrides)
+
+
+def _train(run):
+    from .pipeline import run_pipeline
+
+    return run_pipeline(run)

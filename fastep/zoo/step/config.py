@@ -13,11 +13,12 @@ naming the offending field.  ``dataclasses.asdict(cfg)`` round-trips through ``C
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Optional, Tuple
 
-__all__ = ["ModelConfig", "LossConfig", "OptimConfig", "TrainConfig", "PRESETS", "APPROACHES",
-           "lr_scale_at"]
+from ...config import from_dict
+
+__all__ = ["ModelConfig", "LossConfig", "OptimConfig", "TrainConfig", "PRESETS", "APPROACHES"]
 
 
 def _check_type(obj, name: str, types, what: str) -> None:
@@ -101,8 +102,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """``cls(**d)`` for a dict from ``dataclasses.asdict``; an unknown key is an error naming it."""
+        return from_dict(cls, d)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -128,7 +129,7 @@ PRESETS = tuple(_TABLE)
 _ALIASES = {"munit_p": "bicycle_v2", "munit-p": "bicycle_v2"}
 
 
-def _canon(name: str) -> str:
+def canonical_approach(name: str) -> str:
     key = str(name).strip().lower().replace("-", "_").replace(".", "_").replace(" ", "_")
     return _ALIASES.get(key, key)
 
@@ -251,7 +252,7 @@ class LossConfig:
     def preset(cls, name: str, **overrides) -> "LossConfig":
         """One of ``PRESETS`` (``bicycle_v1``, ``bicycle_v2`` (alias ``munit_p``), ``ours_v1`` ..
         ``ours_v4``, and the ablations ``bicycle_v1_2/v2_2/v1_3/v2_3``); keyword overrides apply."""
-        key = _canon(name)
+        key = canonical_approach(name)
         if key not in _TABLE:
             raise ValueError(f"unknown approach {name!r}; expected one of {PRESETS}")
         flags = {f: bool(v) for f, v in zip(_FLAGS, _TABLE[key])}
@@ -264,8 +265,8 @@ class LossConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "LossConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """``cls(**d)`` for a dict from ``dataclasses.asdict``; an unknown key is an error naming it."""
+        return from_dict(cls, d)
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -294,13 +295,6 @@ class OptimConfig:
 # ----------------------------------------------------------------------------- training
 
 _DEFAULT_KIMG = {1: 100.0, 2: 250.0, 3: 700.0}
-
-
-def lr_scale_at(kimg_done: float, kimg_total: float, decay_start: float) -> float:
-    """Constant 1 until ``decay_start`` kimg, then linear to 0 at ``kimg_total``."""
-    if kimg_done <= decay_start or kimg_total <= decay_start:
-        return 1.0
-    return max(0.0, 1.0 - (kimg_done - decay_start) / (kimg_total - decay_start))
 
 
 @dataclass
@@ -349,9 +343,9 @@ class TrainConfig:
             self.stage = int(self.stage)
         if self.stage not in (1, 2, 3):
             raise ValueError(f"TrainConfig.stage must be 1, 2 or 3, got {self.stage!r}")
-        if _canon(self.approach) not in _TABLE:
+        if canonical_approach(self.approach) not in _TABLE:
             raise ValueError(f"TrainConfig.approach must be one of {PRESETS}, got {self.approach!r}")
-        self.approach = _canon(self.approach)
+        self.approach = canonical_approach(self.approach)
         for n in ("batch_size", "resolution", "num_workers", "log_every", "keep_ckpts", "seed"):
             _check_type(self, n, int, "an int")
         if self.batch_size < 1:
@@ -390,12 +384,6 @@ class TrainConfig:
             return float(self.lr_decay_start_kimg)
         return self.total_kimg * 2.0 / 3.0
 
-    def lr_scale(self, kimg_done: float) -> float:
-        return lr_scale_at(kimg_done, self.total_kimg, self.decay_start_kimg)
-
-    def loss_config(self, **overrides) -> LossConfig:
-        return LossConfig.preset(self.approach, **overrides)
-
     def resolved_device(self):
         import torch
 
@@ -405,8 +393,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """``cls(**d)`` for a dict from ``dataclasses.asdict``; an unknown key is an error naming it."""
+        return from_dict(cls, d)
 
     def replace(self, **kw) -> "TrainConfig":
         return replace(self, **kw)

@@ -34,81 +34,14 @@ from ...train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ...train.distributed import dist_info, init_distributed
 from ...train.outputs import save_image_grid
 from ...train.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
+from .run_config import RunConfig
 
-__all__ = ["PipelineOptions", "run_pipeline", "run_stage1", "run_gan_stage", "run_mapper", "prepare_data",
-           "default_options"]
-
-# The paper's lengths (SPEC): stage 2 to 250 kimg, stage 3 to 700 kimg at 256 x 256, batch 8.
-GPU_DEFAULTS = dict(resolution=256, batch=8, stage2_kimg=250.0, stage3_kimg=700.0, n_train=5000, n_val=500,
-                    stage1_epochs=20, mapper_epochs=500, ckpt_every=10.0, image_every=10.0, log_every=50,
-                    workers=8)
-# Scaled down so that the whole job takes a few minutes on a 2-core CPU at 64 x 64.
-CPU_DEFAULTS = dict(resolution=64, batch=4, stage2_kimg=0.16, stage3_kimg=0.16, n_train=192, n_val=32,
-                    stage1_epochs=3, mapper_epochs=60, ckpt_every=0.08, image_every=0.08, log_every=5,
-                    workers=0)
-
-
-@dataclasses.dataclass
-class PipelineOptions:
-    """Everything the main job needs (the CLI fills it; ``None`` means the device default)."""
-
-    out: str = "runs/fastep"
-    data: str = "builtin"
-    approach: str = "ours_v3"
-    stages: tuple = ("1", "2", "3", "mapper")
-    device: str = "auto"
-    resolution: Optional[int] = None
-    batch: Optional[int] = None
-    stage2_kimg: Optional[float] = None
-    stage3_kimg: Optional[float] = None
-    n_train: Optional[int] = None
-    n_val: Optional[int] = None
-    stage1_epochs: Optional[int] = None
-    mapper_epochs: Optional[int] = None
-    ckpt_every: Optional[float] = None   # kimg
-    image_every: Optional[float] = None  # kimg
-    log_every: Optional[int] = None      # steps
-    workers: Optional[int] = None
-    keep: int = 3
-    seed: int = 0
-    resume: bool = False
-    init: Optional[str] = None           # checkpoint to start a single stage from
-    compile: Optional[bool] = None       # default: on CUDA only
-    amp: Optional[bool] = None           # default: on CUDA only
-    channels_last: Optional[bool] = None
-    cuda_graphs: bool = False
-    vgg_weights: str = "auto"            # auto: imagenet if available, else random (with a note)
-    model_overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    progress: bool = True
-    lr_decay_start: Optional[float] = None  # fraction of the stage; None: TrainConfig's (2/3)
-
-
-def default_options(opts: PipelineOptions, device: torch.device) -> PipelineOptions:
-    """Fill the ``None`` fields with the GPU (paper) or CPU (scaled-down) defaults."""
-    base = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
-    o = dataclasses.replace(opts)
-    for k, v in base.items():
-        if getattr(o, k) is None:
-            setattr(o, k, v)
-    on_gpu = device.type == "cuda"
-    if o.compile is None:
-        o.compile = on_gpu
-    if o.amp is None:
-        o.amp = on_gpu
-    if o.channels_last is None:
-        o.channels_last = on_gpu
-    return o
+__all__ = ["run_pipeline", "run_stage1", "run_gan_stage", "run_mapper", "prepare_data"]
 
 
 def _log(msg: str) -> None:
     if dist_info()[0] == 0:
         print(msg, file=sys.stderr, flush=True)
-
-
-def _make(cls, **kw):
-    """``cls(**kw)`` keeping only the fields ``cls`` has (configs evolve independently)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in kw.items() if k in names and v is not None})
 
 
 def _asdict(cfg) -> Dict[str, Any]:
@@ -117,32 +50,32 @@ def _asdict(cfg) -> Dict[str, Any]:
 
 # ----------------------------------------------------------------------------- data
 
-def prepare_data(opts: PipelineOptions) -> Path:
-    """The data root: ``opts.data`` as a folder, or the built-in set (generated once, cached)."""
-    if opts.data == "builtin":
+def prepare_data(run: RunConfig) -> Path:
+    """The data root: ``run.data`` as a folder, or the built-in set (generated once, cached)."""
+    if run.data == "builtin":
         from ...data import make_builtin_dataset
 
-        root = Path(opts.out) / "data" / f"builtin-r{opts.resolution}-n{opts.n_train}-{opts.n_val}-s{opts.seed}"
+        root = Path(run.out) / "data" / f"builtin-r{run.model.resolution}-n{run.n_train}-{run.n_val}-s{run.seed}"
         rank, world = dist_info()
         if rank == 0:
-            _log(f"fastep: built-in data set ({opts.n_train} train / {opts.n_val} val, {opts.resolution}px) "
+            _log(f"fastep: built-in data set ({run.n_train} train / {run.n_val} val, {run.model.resolution}px) "
                  f"-> {root}")
-            make_builtin_dataset(root, n_train=opts.n_train, n_val=opts.n_val, resolution=opts.resolution,
-                                 seed=opts.seed)
+            make_builtin_dataset(root, n_train=run.n_train, n_val=run.n_val, resolution=run.model.resolution,
+                                 seed=run.seed)
         if world > 1:
             torch.distributed.barrier()
         return root
-    root = Path(opts.data).expanduser()
+    root = Path(run.data).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"--data: {str(root)!r} is not a folder (expected pix2pix AB images in "
                                 "train/ and val/, or A/ + B/ folders, or 'builtin')")
     return root
 
 
-def _dataset(root: Path, opts: PipelineOptions, split: str = "train", augment: bool = True):
+def _dataset(root: Path, run: RunConfig, split: str = "train", augment: bool = True):
     from ...data import PairedImageDataset
 
-    return PairedImageDataset(root, split=split, resolution=opts.resolution, crop=augment, flip=augment)
+    return PairedImageDataset(root, split=split, resolution=run.model.resolution, crop=augment, flip=augment)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -173,44 +106,39 @@ def _resolve_vgg_weights(choice: str) -> str:
         return "random"
 
 
-def _configs(opts: PipelineOptions, stage: str, device: torch.device, kimg: Optional[float]):
-    from .config import LossConfig, ModelConfig, TrainConfig
+def _configs(run: RunConfig, stage: str, device: torch.device, kimg: Optional[float]):
+    """The model, loss and training configs of one stage, all derived from the run config."""
+    from .config import LossConfig, TrainConfig
 
-    loss_cfg = LossConfig.preset(opts.approach)
-    overrides = dict(opts.model_overrides)
-    if getattr(loss_cfg, "needs_logvar", False):
-        overrides.setdefault("e_logvar", True)
-    model_cfg = _make(ModelConfig, resolution=opts.resolution, **overrides)
-    if hasattr(loss_cfg, "perceptual_backbone"):
-        loss_cfg = dataclasses.replace(loss_cfg, perceptual_backbone=_resolve_vgg_weights(opts.vgg_weights))
-    train_cfg = _make(TrainConfig, stage=int(stage), approach=opts.approach, batch_size=opts.batch,
-                      resolution=opts.resolution, kimg=kimg if kimg else None,
-                      compile=opts.compile, amp=opts.amp, channels_last=opts.channels_last,
-                      cuda_graphs=opts.cuda_graphs, device=str(device), seed=opts.seed, out_dir=str(opts.out),
-                      num_workers=opts.workers, log_every=opts.log_every,
-                      ckpt_every_kimg=opts.ckpt_every if opts.ckpt_every else None, keep_ckpts=opts.keep)
+    loss_cfg = LossConfig.preset(run.approach, perceptual_backbone=_resolve_vgg_weights(run.vgg_weights))
+    model_cfg = run.model
+    if loss_cfg.needs_logvar and not model_cfg.e_logvar:
+        model_cfg = dataclasses.replace(model_cfg, e_logvar=True)  # VAE / KL approaches need the log-variance head
+    train_cfg = TrainConfig(stage=int(stage), approach=run.approach, batch_size=run.batch,
+                            resolution=run.model.resolution, kimg=kimg,
+                            lr_decay_start_kimg=None if kimg is None else kimg * run.lr_decay_start,
+                            compile=run.compile, amp=run.amp, channels_last=run.channels_last,
+                            cuda_graphs=run.cuda_graphs, device=str(device), seed=run.seed, out_dir=str(run.out),
+                            num_workers=run.workers, log_every=run.log_every,
+                            ckpt_every_kimg=run.ckpt_every or kimg or 1.0, keep_ckpts=run.keep)
     return model_cfg, loss_cfg, train_cfg
 
 
-def _uses_pretrained_encoder(opts: PipelineOptions) -> bool:
+def _uses_pretrained_encoder(run: RunConfig) -> bool:
     from .config import LossConfig
 
-    cfg = LossConfig.preset(opts.approach)
-    for name in ("pretrained_e", "pretrained_encoder", "pretrain_e", "pre_trained_e"):
-        if hasattr(cfg, name):
-            return bool(getattr(cfg, name))
-    return not opts.approach.startswith("bicycle")
+    return LossConfig.preset(run.approach).pretrained_e
 
 
 # ----------------------------------------------------------------------------- stage 1
 
-def run_stage1(root: Path, opts: PipelineOptions, device: torch.device) -> Dict[str, Any]:
+def run_stage1(root: Path, run: RunConfig, device: torch.device) -> Dict[str, Any]:
     """Mine style triplets of the training B images and pre-train E on them (rank 0 only;
     other ranks wait).  Writes ``OUT/stage1/final.pt``."""
-    out = Path(opts.out) / "stage1"
+    out = Path(run.out) / "stage1"
     final = out / "final.pt"
     rank, world = dist_info()
-    if opts.resume and final.is_file():
+    if run.resume and final.is_file():
         _log(f"fastep: stage 1 already done ({final}); skipping")
         return load_checkpoint(final).metrics or {}
     metrics: Dict[str, Any] = {}
@@ -218,19 +146,19 @@ def run_stage1(root: Path, opts: PipelineOptions, device: torch.device) -> Dict[
         from . import stage1 as s1
         from .nets import build_models
 
-        model_cfg, _, train_cfg = _configs(opts, "1", device, kimg=None)
-        ds = _dataset(root, opts, augment=False)
-        images_u8, _ = ds.stack_images("B", resolution=opts.resolution)
-        cfg = _make(s1.Stage1Config, epochs=opts.stage1_epochs, seed=opts.seed,
-                    vgg_weights=_resolve_vgg_weights(opts.vgg_weights))
+        model_cfg, _, train_cfg = _configs(run, "1", device, kimg=None)
+        ds = _dataset(root, run, augment=False)
+        images_u8, _ = ds.stack_images("B", resolution=run.model.resolution)
+        cfg = s1.Stage1Config(epochs=run.stage1_epochs, seed=run.seed,
+                              vgg_weights=_resolve_vgg_weights(run.vgg_weights))
         t0 = time.perf_counter()
         _log(f"fastep: stage 1: mining style neighbours of {len(images_u8)} images")
         neighbours = s1.mine_triplets_from_images(images_u8, cfg, device)
         t_mine = time.perf_counter() - t0
-        models = build_models(model_cfg, device, seed=opts.seed)
+        models = build_models(model_cfg, device, seed=run.seed)
         _log(f"fastep: stage 1: training E with the triplet loss for {cfg.epochs} epochs")
         t1 = time.perf_counter()
-        history = s1.train_encoder_stage1(models.E, images_u8, neighbours, cfg, device, progress=opts.progress)
+        history = s1.train_encoder_stage1(models.E, images_u8, neighbours, cfg, device, progress=run.progress)
         E_sd = {k: v.detach().cpu() for k, v in models.E.state_dict().items()}
         metrics = {"stage": "1", "images": len(images_u8), "mine_s": t_mine, "train_s": time.perf_counter() - t1,
                    "history": history}
@@ -255,7 +183,7 @@ def _init_weights(models, ckpt: Checkpoint, names) -> None:
         getattr(models, name).load_state_dict(sd)
 
 
-def run_gan_stage(stage: str, root: Path, opts: PipelineOptions, device: torch.device,
+def run_gan_stage(stage: str, root: Path, run: RunConfig, device: torch.device,
                   init: Optional[Union[str, Path]] = None, kimg: Optional[float] = None) -> Dict[str, Any]:
     """Stage 2 (G, D with E frozen) or 3 (G, E, D) with the Trainer; writes ``OUT/stage{N}/``.
 
@@ -266,15 +194,15 @@ def run_gan_stage(stage: str, root: Path, opts: PipelineOptions, device: torch.d
     from .nets import build_models
     from .train_step import TrainStep
 
-    out = Path(opts.out) / f"stage{stage}"
+    out = Path(run.out) / f"stage{stage}"
     final = out / "final.pt"
-    if opts.resume and final.is_file():
+    if run.resume and final.is_file():
         _log(f"fastep: stage {stage} already done ({final}); skipping")
         return load_checkpoint(final).metrics or {}
-    kimg = kimg if kimg is not None else (opts.stage2_kimg if stage == "2" else opts.stage3_kimg)
-    model_cfg, loss_cfg, train_cfg = _configs(opts, stage, device, kimg)
-    models = build_models(model_cfg, device, seed=opts.seed)
-    prev = Path(opts.out) / (f"stage{int(stage) - 1}" if stage in ("2", "3") else "") / "final.pt"
+    kimg = kimg if kimg is not None else (run.stage2_kimg if stage == "2" else run.stage3_kimg)
+    model_cfg, loss_cfg, train_cfg = _configs(run, stage, device, kimg)
+    models = build_models(model_cfg, device, seed=run.seed)
+    prev = Path(run.out) / (f"stage{int(stage) - 1}" if stage in ("2", "3") else "") / "final.pt"
     init_path = Path(init) if init else prev
     if init_path.is_file():
         ck = load_checkpoint(init_path)
@@ -283,24 +211,22 @@ def run_gan_stage(stage: str, root: Path, opts: PipelineOptions, device: torch.d
         _log(f"fastep: stage {stage}: initialised {', '.join(names)} from {init_path}")
     elif init:
         raise FileNotFoundError(f"--init: {str(init)!r} does not exist")
-    elif stage == "2" and _uses_pretrained_encoder(opts):
+    elif stage == "2" and _uses_pretrained_encoder(run):
         raise FileNotFoundError(f"stage 2 needs the pre-trained encoder {prev} (run --stage 1 first, "
                                 "or give --init PATH)")
     else:
         _log(f"fastep: stage {stage}: no {prev}; starting from freshly initialised networks")
     step = TrainStep(models, loss_cfg, train_cfg, stage=int(stage))
-    ds = _dataset(root, opts, augment=True)
+    ds = _dataset(root, run, augment=True)
     configs = {"model": _asdict(model_cfg), "train": _asdict(train_cfg), "loss": _asdict(loss_cfg)}
-    decay = opts.lr_decay_start
-    if decay is None:
-        decay = (train_cfg.decay_start_kimg / train_cfg.total_kimg) if hasattr(train_cfg, "decay_start_kimg") else 0.5
-    trainer = Trainer(step, ds, stage=stage, batch_size=opts.batch, kimg=kimg, out_dir=out, device=device,
-                      seed=opts.seed + int(stage), system="step", configs=configs,
-                      extras={"approach": opts.approach}, lr_decay_start=decay,
-                      log_every=opts.log_every, ckpt_every_kimg=opts.ckpt_every,
-                      image_every_kimg=opts.image_every, keep=opts.keep, num_workers=opts.workers,
-                      progress=opts.progress)
-    metrics = trainer.fit(resume=opts.resume)
+    trainer = Trainer(step, ds, stage=stage, batch_size=run.batch, kimg=kimg, out_dir=out, device=device,
+                      seed=run.seed + int(stage), system="step", configs=configs,
+                      extras={"approach": run.approach},
+                      lr_decay_start_kimg=train_cfg.decay_start_kimg,
+                      log_every=run.log_every, ckpt_every_kimg=run.ckpt_every,
+                      image_every_kimg=run.image_every, keep=run.keep, num_workers=run.workers,
+                      progress=run.progress)
+    metrics = trainer.fit(resume=run.resume)
     if trainer.main:
         ckpt = trainer.state() if trainer.world == 1 else load_checkpoint(metrics["checkpoint"])
         ckpt.metrics = {k: v for k, v in metrics.items() if k != "history"}
@@ -323,32 +249,32 @@ def _codes(E, images: torch.Tensor, device: torch.device, batch: int = 64) -> to
     return torch.cat(out)
 
 
-def run_mapper(root: Path, opts: PipelineOptions, device: torch.device,
+def run_mapper(root: Path, run: RunConfig, device: torch.device,
                init: Optional[Union[str, Path]] = None) -> Dict[str, Any]:
     """Codes of the training images (EMA encoder of stage 3), N(mu, sigma) statistics, IMLE
     mapper; writes ``OUT/final.pt`` (stage-3 checkpoint + ``mapper`` + ``z_stats``)."""
     rank, world = dist_info()
-    final = Path(opts.out) / "final.pt"
+    final = Path(run.out) / "final.pt"
     metrics: Dict[str, Any] = {}
-    if opts.resume and final.is_file() and load_checkpoint(final).weights.get("mapper") is not None:
+    if run.resume and final.is_file() and load_checkpoint(final).weights.get("mapper") is not None:
         _log(f"fastep: mapper already done ({final}); skipping")
         return load_checkpoint(final).extras.get("mapper_metrics") or {}
     if rank == 0:
         from . import imle as mp
         from ...train.checkpoint import load_models
 
-        src = Path(init) if init else Path(opts.out) / "stage3" / "final.pt"
+        src = Path(init) if init else Path(run.out) / "stage3" / "final.pt"
         if not src.is_file():
             raise FileNotFoundError(f"the mapper needs a trained stage-3 checkpoint: {src} does not exist "
                                     "(run --stage 3 first, or give --init PATH)")
         G, E, model_cfg, _ = load_models(src, device, ema=True)
-        ds = _dataset(root, opts, augment=False)
-        images = ds.stack_images("B", resolution=opts.resolution)[0].float().div(127.5).sub(1.0)
+        ds = _dataset(root, run, augment=False)
+        images = ds.stack_images("B", resolution=run.model.resolution)[0].float().div(127.5).sub(1.0)
         t0 = time.perf_counter()
         codes = _codes(E, images, device)
         mu, sigma = mp.fit_code_stats(codes)
-        cfg = _make(mp.MapperConfig, epochs=opts.mapper_epochs, seed=opts.seed)
-        torch.manual_seed(opts.seed)
+        cfg = mp.MapperConfig(epochs=run.mapper_epochs, seed=run.seed)
+        torch.manual_seed(run.seed)
         mapper = mp.train_mapper(codes, cfg, device)
         history = getattr(mapper, "history", None)
         metrics = {"stage": "mapper", "codes": len(codes), "train_s": time.perf_counter() - t0,
@@ -364,7 +290,7 @@ def run_mapper(root: Path, opts: PipelineOptions, device: torch.device,
         # sample grids: the same inputs with codes from the mapper and from N(mu, sigma)
         n = min(8, len(ds))
         A = torch.stack([ds[i]["A"] for i in range(n)]).to(device)
-        gen = torch.Generator().manual_seed(opts.seed)
+        gen = torch.Generator().manual_seed(run.seed)
         rows = [A]
         with torch.no_grad():
             mapper.eval()
@@ -377,9 +303,9 @@ def run_mapper(root: Path, opts: PipelineOptions, device: torch.device,
         from torchvision.utils import make_grid
 
         grid = make_grid((torch.cat(rows).clamp(-1, 1).cpu() + 1) / 2, nrow=n, padding=2, pad_value=1.0)
-        save_image_grid(grid, Path(opts.out) / "mapper" / "samples.png")
-        write_json_atomic(metrics, Path(opts.out) / "mapper" / "metrics.json")
-        _log(f"fastep: mapper done -> {final} (samples: {Path(opts.out) / 'mapper' / 'samples.png'})")
+        save_image_grid(grid, Path(run.out) / "mapper" / "samples.png")
+        write_json_atomic(metrics, Path(run.out) / "mapper" / "metrics.json")
+        _log(f"fastep: mapper done -> {final} (samples: {Path(run.out) / 'mapper' / 'samples.png'})")
     if world > 1:
         torch.distributed.barrier()
     return metrics
@@ -387,23 +313,24 @@ def run_mapper(root: Path, opts: PipelineOptions, device: torch.device,
 
 # ----------------------------------------------------------------------------- all stages
 
-def run_pipeline(opts: PipelineOptions) -> Dict[str, Any]:
-    """Run ``opts.stages`` in order; returns (and writes to ``OUT/metrics.json``) all metrics.
+def run_pipeline(run: RunConfig) -> Dict[str, Any]:
+    """Run ``run.stages`` in order; returns (and writes to ``OUT/metrics.json``) all metrics.
 
     Raises :class:`~fastep.train.trainer.NonFiniteLossError` when a loss turns NaN/inf (the
     metrics written so far and the last good checkpoint are kept).
     """
-    device, rank, world = init_distributed(opts.device)
-    opts = default_options(opts, device)
+    if not isinstance(run, RunConfig):
+        raise TypeError(f"run_pipeline takes a RunConfig (fastep.zoo.step.run_config), got {type(run).__name__}")
+    device, rank, world = init_distributed(run.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes (drop_last): pick the fastest kernels
         torch.set_float32_matmul_precision("high")
-    out = Path(opts.out)
+    out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary: Dict[str, Any] = {"approach": opts.approach, "device": str(device), "world_size": world,
-                               "options": dataclasses.asdict(opts), "stages": {}}
+    summary: Dict[str, Any] = {"approach": run.approach, "device": str(device), "world_size": world,
+                               "config": run.to_dict(), "stages": {}}
     mpath = out / "metrics.json"
-    if opts.resume and mpath.is_file() and rank == 0:
+    if run.resume and mpath.is_file() and rank == 0:
         import json
 
         try:
@@ -411,13 +338,13 @@ def run_pipeline(opts: PipelineOptions) -> Dict[str, Any]:
         except ValueError:
             pass
     t0 = time.perf_counter()
-    stages = list(opts.stages)
-    pretrained = _uses_pretrained_encoder(opts)
+    stages = list(run.stages)
+    pretrained = _uses_pretrained_encoder(run)
     if not pretrained and "1" in stages and len(stages) > 1:
-        _log(f"fastep: approach {opts.approach} trains E from scratch: skipping stage 1 and stage 2; "
+        _log(f"fastep: approach {run.approach} trains E from scratch: skipping stage 1 and stage 2; "
              "stage 3 trains G, E and D together")
         stages = [s for s in stages if s not in ("1", "2")]
-    root = prepare_data(opts)
+    root = prepare_data(run)
     summary["data"] = str(root)
 
     def _save():
@@ -428,17 +355,17 @@ def run_pipeline(opts: PipelineOptions) -> Dict[str, Any]:
     try:
         for stage in stages:
             if stage == "1":
-                summary["stages"]["1"] = run_stage1(root, opts, device)
+                summary["stages"]["1"] = run_stage1(root, run, device)
             elif stage in ("2", "3"):
-                init = opts.init if len(stages) == 1 else None
+                init = run.init if len(stages) == 1 else None
                 kimg = None
                 if stage == "3" and not pretrained and len(stages) > 1:
-                    kimg = opts.stage2_kimg + opts.stage3_kimg
-                m = run_gan_stage(stage, root, opts, device, init=init, kimg=kimg)
+                    kimg = run.stage2_kimg + run.stage3_kimg
+                m = run_gan_stage(stage, root, run, device, init=init, kimg=kimg)
                 summary["stages"][stage] = {k: v for k, v in m.items()}
             elif stage == "mapper":
-                summary["stages"]["mapper"] = run_mapper(root, opts, device,
-                                                         init=opts.init if len(stages) == 1 else None)
+                summary["stages"]["mapper"] = run_mapper(root, run, device,
+                                                         init=run.init if len(stages) == 1 else None)
             else:
                 raise ValueError(f"unknown stage {stage!r}; expected 1, 2, 3 or mapper")
             _save()

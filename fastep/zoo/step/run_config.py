@@ -1,0 +1,196 @@
+"""StEP's run configuration: every setting of ``fastep train``, resolved once into one frozen object.
+
+Resolution order: the preset (``paper`` on CUDA, ``cpu`` otherwise, unless named) -> overrides
+(command-line flags, ``--set KEY=VALUE``, or keyword arguments) -> :class:`RunConfig`, which
+validates itself.  The dataclass defaults are the paper's run (256 px, batch 8, stage 2 to
+250 kimg and stage 3 to 700 kimg, paper section 4 / appendix A.1); :data:`PRESETS` lists what each
+named preset changes.  Nothing else holds a default: the stages read their settings from this
+object.  Keys are the field names; ``model.<field>`` sets a :class:`ModelConfig` field.  An
+unknown key or preset is an error naming it and listing the valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from ...config import ConfigError, choose, from_dict, override
+from .config import PRESETS as APPROACH_NAMES
+from .config import ModelConfig, canonical_approach
+
+__all__ = ["RunConfig", "PRESETS", "STAGES", "resolve_run_config", "parse_value"]
+
+STAGES = ("1", "2", "3", "mapper")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one StEP run needs (``fastep train --print-config`` shows the resolved values).
+
+    Stages and data: ``stages`` any of 1, 2, 3, mapper, in that order; ``data`` "builtin" (the
+    generated set, ``n_train``/``n_val`` images made once under ``out``/data) or a folder.
+    Lengths: ``stage2_kimg``/``stage3_kimg`` (thousands of images), ``stage1_epochs``,
+    ``mapper_epochs``; the learning rate decays linearly to 0 over the last
+    ``1 - lr_decay_start`` of each GAN stage.  Intervals: ``ckpt_every``/``image_every`` (kimg;
+    0: only at the end), ``log_every`` (steps); ``keep`` checkpoints per stage.  Speed:
+    ``compile``, ``amp`` (bf16 autocast, CUDA), ``channels_last``, ``cuda_graphs``.
+    ``vgg_weights``: the perceptual loss's VGG16 ("auto": ImageNet if on disk, else seeded random).
+    ``init``: checkpoint a single stage starts from (default: the previous stage's final.pt).
+    """
+
+    out: str = "runs/fastep"
+    data: str = "builtin"
+    approach: str = "ours_v3"
+    stages: Tuple[str, ...] = STAGES
+    device: str = "auto"
+    seed: int = 0
+    resume: bool = False
+    init: Optional[str] = None
+    progress: bool = True
+    vgg_weights: str = "auto"
+    batch: int = 8
+    stage2_kimg: float = 250.0
+    stage3_kimg: float = 700.0
+    lr_decay_start: float = 2.0 / 3.0
+    n_train: int = 5000
+    n_val: int = 500
+    stage1_epochs: int = 20
+    mapper_epochs: int = 500
+    ckpt_every: float = 10.0
+    image_every: float = 10.0
+    log_every: int = 50
+    workers: int = 8
+    keep: int = 3
+    compile: bool = True
+    amp: bool = True
+    channels_last: bool = True
+    cuda_graphs: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self):
+        def bad(name, what):
+            raise ConfigError(f"run config {name} must be {what}, got {getattr(self, name)!r}")
+
+        for name in ("out", "data", "approach", "device", "vgg_weights"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                bad(name, "a non-empty string")
+        object.__setattr__(self, "approach", canonical_approach(self.approach))
+        choose(self.approach, APPROACH_NAMES, "approach")
+        stages = tuple(str(s) for s in (self.stages if isinstance(self.stages, (list, tuple)) else [self.stages]))
+        for s in stages:
+            choose(s, STAGES, "stage")
+        if not stages or list(stages) != sorted(set(stages), key=STAGES.index):
+            bad("stages", f"distinct stages in the order {', '.join(STAGES)}")
+        object.__setattr__(self, "stages", stages)
+        for name in ("seed", "batch", "n_train", "n_val", "stage1_epochs", "mapper_epochs", "log_every", "workers",
+                     "keep"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                bad(name, "an integer")
+        for name in ("batch", "n_train", "n_val", "log_every", "keep"):
+            if getattr(self, name) < 1:
+                bad(name, ">= 1")
+        for name in ("stage1_epochs", "mapper_epochs", "workers", "seed"):
+            if getattr(self, name) < 0:
+                bad(name, ">= 0")
+        for name in ("stage2_kimg", "stage3_kimg", "ckpt_every", "image_every", "lr_decay_start"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+                bad(name, "a number >= 0")
+        for name in ("stage2_kimg", "stage3_kimg"):
+            if getattr(self, name) <= 0:
+                bad(name, "> 0")
+        if self.lr_decay_start > 1:
+            bad("lr_decay_start", "a fraction of the stage in [0, 1]")
+        for name in ("resume", "progress", "compile", "amp", "channels_last", "cuda_graphs"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "true or false")
+        if self.init is not None and not isinstance(self.init, str):
+            bad("init", "a checkpoint path")
+        if not isinstance(self.model, ModelConfig):
+            bad("model", "a ModelConfig")
+
+    @property
+    def resolution(self) -> int:
+        """The training resolution (its one home is ``model.resolution``)."""
+        return self.model.resolution
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+#: What each preset changes from the dataclass defaults (the paper's run).
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "paper": {},
+    # scaled down so that the whole job takes a few minutes on a 2-core CPU at 64 x 64
+    "cpu": dict(batch=4, stage2_kimg=0.16, stage3_kimg=0.16, n_train=192, n_val=32, stage1_epochs=3,
+                mapper_epochs=60, ckpt_every=0.08, image_every=0.08, log_every=5, workers=0, compile=False,
+                amp=False, channels_last=False, model={"resolution": 64}),
+}
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: JSON (numbers, true/false, null, lists) or else the plain string."""
+    low = text.strip().lower()
+    if low in ("true", "false", "null", "none"):
+        return {"true": True, "false": False}.get(low)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _nest(overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """``{"model.g_nf": 8, "batch": 2}`` -> ``{"model": {"g_nf": 8}, "batch": 2}`` (unknown keys named)."""
+    out: Dict[str, Any] = {}
+    for key, value in overrides.items():
+        head, _, rest = str(key).partition(".")
+        if head not in _FIELDS:
+            raise ConfigError(f"unknown StEP run config key {key!r}; valid: {', '.join(_FIELDS)} "
+                              "(and model.<field>)")
+        if rest:
+            if head != "model":
+                raise ConfigError(f"unknown StEP run config key {key!r}: only model.<field> has sub-keys")
+            out.setdefault("model", {})[rest] = value
+        elif head == "model" and isinstance(value, Mapping):
+            out.setdefault("model", {}).update(value)
+        else:
+            out[head] = value
+    return out
+
+
+def _default_preset(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "paper" if torch.cuda.is_available() else "cpu"
+    return "paper" if str(device).startswith("cuda") else "cpu"
+
+
+def resolve_run_config(preset: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
+                       **kw: Any) -> RunConfig:
+    """Preset -> overrides -> one validated :class:`RunConfig`.
+
+    ``preset`` None picks ``paper`` on CUDA (the ``device`` override, or ``auto``), else ``cpu``.
+    Overrides may be given as a mapping (keys like ``"model.g_nf"``) and/or keywords.
+    """
+    merged = _nest({**dict(overrides or {}), **kw})
+    if preset is None:
+        preset = _default_preset(str(merged.get("device", "auto")))
+    choose(preset, PRESETS, "StEP run preset")
+    base = dict(PRESETS[preset])
+    try:
+        model = override(ModelConfig(), base.pop("model", {}), what="StEP model config")
+        model = override(model, merged.pop("model", {}), what="StEP model config")
+        base.update(merged)
+        if isinstance(base.get("stages"), list):
+            base["stages"] = tuple(base["stages"])
+        return from_dict(RunConfig, {**base, "model": model}, what="StEP run config")
+    except TypeError as err:  # a value of the wrong kind, named by the config that refused it
+        raise ConfigError(str(err)) from None
