@@ -182,8 +182,8 @@ def _conv_proxy(batch: int, resolution: int, model_overrides) -> Dict[str, Any]:
     import torch
 
     from fastep.nn.aligned import conv_census, set_fast_convs
-    from fastep.train.config import LossConfig, ModelConfig, TrainConfig
-    from fastep.train.step import make_train_step
+    from fastep.zoo.step.config import LossConfig, ModelConfig, TrainConfig
+    from fastep.zoo.step.train_step import make_train_step
 
     model_cfg = ModelConfig(resolution=resolution, **(model_overrides or {}))
     step = make_train_step(TrainConfig(stage=3, approach="ours_v3", compile=False, batch_size=batch,

@@ -28,7 +28,6 @@ The functions work on any module with the :class:`~fastep.nn.layers.EqConv2d` in
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -71,12 +70,6 @@ def _pad_spatial(x: Tensor, kernel: int, stride: int) -> Tuple[Tensor, int]:
     return F.pad(x, (before, after, before, after)), 0
 
 
-def _no_autocast(device_type: str):
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
-
-
 def _check_conv(conv, name: str) -> None:
     for attr in ("weight", "bias", "kernel", "stride", "in_ch", "out_ch", "equalized", "scale"):
         if not hasattr(conv, attr):
@@ -96,14 +89,16 @@ def _valid_taps(size: int, kernel: int, stride: int, before: int, device) -> Ten
 def stddev_border_map(w_extra: Tensor, height: int, width: int, stride: int = 1) -> Tensor:
     """``M[o, h, w]``: the SAME conv of a constant-one channel with ``w_extra[o, kh, kw]``.
 
-    Separable: ``M = R @ W @ C^T`` with ``R``/``C`` the valid-tap masks of rows and columns.
+    Separable: ``M = R W C^T`` with ``R``/``C`` the valid-tap masks of rows and columns, written
+    as two broadcast sums (elementwise work that inductor fuses into one or two kernels; no
+    matmul launches, and autocast leaves it in the weight's precision).
     """
     k = w_extra.shape[-1]
     before, _ = same_padding(k, stride)
     rows = _valid_taps(height, k, stride, before, w_extra.device).to(w_extra.dtype)
     cols = _valid_taps(width, k, stride, before, w_extra.device).to(w_extra.dtype)
-    with _no_autocast(w_extra.device.type):  # a sum of weights: keep their precision
-        return torch.einsum("hk,okl,wl->ohw", rows, w_extra, cols)
+    t = (w_extra[:, :, None, :] * cols[None, None]).sum(-1)  # [O, kh, W]
+    return (t[:, None] * rows[None, :, :, None]).sum(2)  # [O, H, W]
 
 
 def stddev_conv(x: Tensor, std: Tensor, conv, mode: str = "split") -> Tensor:

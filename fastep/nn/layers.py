@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["EqConv2d", "EqLinear", "pixel_norm", "instance_norm", "InstanceNorm", "minibatch_stddev",
+           "minibatch_stddev_value",
            "tile_concat", "count_macs", "he_gain"]
 
 
@@ -124,11 +125,14 @@ def minibatch_stddev(x: Tensor, eps: float = 1e-8) -> Tensor:
 
     std over the batch per (c, h, w), averaged to one scalar, broadcast as an extra channel.
     """
-    xf = x.float()
-    std = torch.sqrt(xf.var(dim=0, correction=0) + eps).mean()
     n, _, h, w = x.shape
-    extra = std.to(x.dtype).expand(n, 1, h, w)
-    return torch.cat([x, extra], dim=1)
+    return torch.cat([x, minibatch_stddev_value(x, eps).expand(n, 1, h, w)], dim=1)
+
+
+def minibatch_stddev_value(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """The value of :func:`minibatch_stddev`'s extra channel: a 0-d tensor of ``x``'s dtype."""
+    xf = x.float()
+    return torch.sqrt(xf.var(dim=0, correction=0) + eps).mean().to(x.dtype)
 
 
 def tile_concat(x: Tensor, z: Optional[Tensor]) -> Tensor:

@@ -306,6 +306,12 @@ class TrainConfig:
     (bf16 autocast on CUDA; ignored on CPU unless ``amp_cpu``), ``channels_last``, ``fused_adam``
     (CUDA only), ``cuda_graphs`` (CUDA only; compile mode "reduce-overhead").  ``eager_fp32=True``
     is the plain-PyTorch baseline: it turns all of them off and forces the reference backends.
+    ``aligned_convs`` runs the networks' exact conv rewrites (:mod:`fastep.nn.aligned`: aligned
+    channel counts, upsample + conv as one transposed conv; same function, same checkpoints).
+    ``compile_scope``: ``"network"`` compiles G.encode, G.decode, E, D and the VGG backbone as
+    separate graphs (approaches share them through the on-disk cache); ``"step"`` compiles the
+    whole forward as one graph.  ``combo_kernels`` asks inductor to batch small independent
+    kernels (the per-parameter casts) into combined Triton launches (CUDA; off until measured).
     """
 
     stage: int = 2
@@ -325,6 +331,9 @@ class TrainConfig:
     channels_last: bool = True
     fused_adam: bool = True
     cuda_graphs: bool = False
+    aligned_convs: bool = True
+    compile_scope: str = "network"
+    combo_kernels: bool = False
     eager_fp32: bool = False
     device: str = "auto"
     seed: int = 0
@@ -362,7 +371,10 @@ class TrainConfig:
         _check_type(self, "ema", (int, float), "a number")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"TrainConfig.ema must be in [0, 1) (0 disables EMA), got {self.ema}")
-        _bools(self, "compile", "amp", "amp_cpu", "channels_last", "fused_adam", "cuda_graphs", "eager_fp32")
+        _bools(self, "compile", "amp", "amp_cpu", "channels_last", "fused_adam", "cuda_graphs", "aligned_convs",
+               "combo_kernels", "eager_fp32")
+        if self.compile_scope not in ("network", "step"):
+            raise ValueError(f"TrainConfig.compile_scope must be 'network' or 'step', got {self.compile_scope!r}")
         if not isinstance(self.compile_backend, str) or not self.compile_backend:
             raise TypeError(f"TrainConfig.compile_backend must be a backend name, got {self.compile_backend!r}")
         if self.amp_dtype not in ("bfloat16", "float16"):
@@ -372,6 +384,7 @@ class TrainConfig:
         if self.eager_fp32:
             # the plain-PyTorch baseline: every speed switch off
             self.compile = self.amp = self.channels_last = self.fused_adam = self.cuda_graphs = False
+            self.aligned_convs = self.combo_kernels = False
 
     @property
     def total_kimg(self) -> float:

@@ -7,6 +7,11 @@ Per scale (official StEP code, ``d_nf = 32``, 3 layers), input concat(B, A) (6 c
     4x4 stride-1 conv 256 -> 1  (patch logits; 32 x 32 at the first scale for 256 x 256 input)
 Three scales with 2x2 average pooling of the input between them.  Forward cost at 256 x 256:
 1.13 GMAC per image for all three scales (SPEC.md: ~1.1).
+
+``fast_convs = True`` (set by :func:`fastep.nn.aligned.set_fast_convs`) computes the same
+function with tensor-core-aligned channel counts (:mod:`fastep.nn.aligned`): the input is built
+with 8 channels (two zero channels, zero weights), the minibatch-stddev conv runs on the 128
+feature channels plus a closed-form border map, and the logits conv is padded to 8 outputs.
 """
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...nn.layers import EqConv2d, InstanceNorm, check_images, minibatch_stddev
+from ...nn.aligned import aligned, aligned_conv, is_aligned, stddev_conv
+from ...nn.layers import EqConv2d, InstanceNorm, check_images, minibatch_stddev, minibatch_stddev_value
 
 __all__ = ["PatchDiscriminator", "MultiScaleDiscriminator"]
 
@@ -28,6 +34,7 @@ class PatchDiscriminator(nn.Module):
                  max_nf: int = 512, equalized: bool = True):
         super().__init__()
         self.mbstd = mbstd
+        self.fast_convs = False
         convs, norms = [EqConv2d(in_ch, nf, 4, 2, slope=0.2, equalized=equalized)], [None]
         cur = nf
         for _ in range(1, n_layers):
@@ -43,12 +50,26 @@ class PatchDiscriminator(nn.Module):
         self.logits = EqConv2d(nxt, 1, 4, 1, slope=0.2, equalized=equalized)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fast_convs:
+            return self._forward_aligned(x)
         last = len(self.convs) - 1
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             if i == last and self.mbstd:
                 x = minibatch_stddev(x)
             x = F.leaky_relu(norm(conv(x)), 0.2)
         return self.logits(x)
+
+    def _forward_aligned(self, x: Tensor) -> Tensor:
+        last = len(self.convs) - 1
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            if i == last and self.mbstd:
+                y = stddev_conv(x, minibatch_stddev_value(x), conv)
+            elif is_aligned(conv.in_ch) and is_aligned(conv.out_ch):
+                y = conv(x)
+            else:
+                y = aligned_conv(x, conv)
+            x = F.leaky_relu(norm(y), 0.2)
+        return aligned_conv(x, self.logits)
 
 
 class MultiScaleDiscriminator(nn.Module):
@@ -71,6 +92,7 @@ class MultiScaleDiscriminator(nn.Module):
         cin = out_ch + (in_ch if conditional else 0)
         self.scales = nn.ModuleList([PatchDiscriminator(cin, nf, n_layers, mbstd, equalized=equalized)
                                      for _ in range(scales)])
+        self.fast_convs = False
 
     @property
     def min_multiple(self) -> int:
@@ -84,7 +106,12 @@ class MultiScaleDiscriminator(nn.Module):
                 if a.shape[0] != b.shape[0] or a.shape[2:] != b.shape[2:]:
                     raise ValueError(f"A and B must have the same batch and size, got {tuple(a.shape)} "
                                      f"and {tuple(b.shape)}")
-        x = torch.cat([b, a.to(b.dtype)], dim=1) if self.conditional else b
+        parts = [b, a.to(b.dtype)] if self.conditional else [b]
+        cin = sum(p.shape[1] for p in parts)
+        if self.fast_convs and not is_aligned(cin):  # zero channels meet zero weights (aligned_conv)
+            n, _, h, w = b.shape
+            parts.append(b.new_zeros(n, aligned(cin) - cin, h, w))
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else b
         outs = []
         for i, d in enumerate(self.scales):
             if i:

@@ -16,6 +16,10 @@ All convs use equalized learning rate.  Forward cost at 256 x 256: 20.5 GMAC per
 (content encoder 6.0, decoder residual blocks 5.1, upsampling path 9.4), matching the ~20.6
 GMAC of SPEC.md; ``tests/models/test_models.py`` checks it with torch.utils.flop_counter.
 
+``fast_convs = True`` (set by :func:`fastep.nn.aligned.set_fast_convs`) computes the same
+function faster: each upsampling block's nearest x2 + first 3x3 conv as one stride-2 transposed
+conv with a 4x4 kernel (16/36 of the multiply-accumulates), and ``to_rgb`` padded to 8 outputs.
+
 ``encode(A)`` and ``decode(features, z)`` are exposed separately so that a training step can
 reuse one content encoding for several codes (direct, random-z and cross-cycle outputs).
 """
@@ -26,6 +30,7 @@ from typing import List
 import torch
 from torch import Tensor, nn
 
+from ...nn.aligned import aligned_conv, is_aligned, upsample_conv
 from ...nn.layers import EqConv2d, InstanceNorm, check_codes, check_images, pixel_norm, tile_concat
 
 __all__ = ["Generator", "ResBlock"]
@@ -63,10 +68,14 @@ class _Up(nn.Module):
         super().__init__()
         self.conv0 = EqConv2d(cin, cout, 3, slope=0.2, equalized=equalized)
         self.conv1 = EqConv2d(cout, cout, 3, slope=0.2, equalized=equalized)
+        self.fast_convs = False
 
     def forward(self, x: Tensor) -> Tensor:
-        x = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
-        x = pixel_norm(torch.relu(self.conv0(x)))
+        if self.fast_convs:  # the same function as one stride-2 transposed conv (fastep.nn.aligned)
+            x = upsample_conv(x, self.conv0)
+        else:
+            x = self.conv0(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+        x = pixel_norm(torch.relu(x))
         return pixel_norm(torch.relu(self.conv1(x)))
 
 
@@ -120,6 +129,7 @@ class Generator(nn.Module):
         cin = cur + (widths[0] if skips else 0) + (z_dim if z_all else 0)
         self.to_rgb = EqConv2d(cin, out_ch, 1, slope=1.0, equalized=equalized)
         self.widths = widths
+        self.fast_convs = False
 
     @property
     def min_multiple(self) -> int:
@@ -143,7 +153,9 @@ class Generator(nn.Module):
             x = blk(tile_concat(x, zz))
         if self.skips:
             x = torch.cat([feats[0], x], dim=1)
-        return torch.tanh(self.to_rgb(tile_concat(x, zz)))
+        x = tile_concat(x, zz)
+        pad = self.fast_convs and not (is_aligned(x.shape[1]) and is_aligned(self.to_rgb.out_ch))
+        return torch.tanh(aligned_conv(x, self.to_rgb) if pad else self.to_rgb(x))
 
     def forward(self, a: Tensor, z: Tensor) -> Tensor:
         if not torch.compiler.is_compiling():

@@ -53,6 +53,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ...nn.aligned import set_fast_convs
 from .config import LossConfig, ModelConfig, TrainConfig
 from .nets import Models, build_models
 
@@ -69,8 +70,26 @@ def _detached(module: nn.Module) -> Dict[str, Tensor]:
     return {n: p.detach() for n, p in module.named_parameters()}
 
 
-def _call_with(module: nn.Module, params: Dict[str, Tensor], *args) -> Any:
-    return torch.func.functional_call(module, params, args)
+class _Nets:
+    """Every network call of the step's forward, each through ``wrap``: the plain calls, or
+    (``compile_scope="network"``) each its own compiled graph.  Graphs of one network are the
+    same in every approach, so approaches share them through inductor's on-disk cache."""
+
+    def __init__(self, G: nn.Module, E: nn.Module, D: nn.Module, features, wrap=None):
+        wrap = wrap or (lambda f: f)
+
+        def g_with(params, a, z):  # G through other parameters (the G-only optimizer's shadows)
+            return torch.func.functional_call(G, params, (a, z))
+
+        def d_with(params, a, b):  # D through detached parameters (its gradient goes to G only)
+            return torch.func.functional_call(D, params, (a, b))
+
+        def e_with(params, x):
+            return torch.func.functional_call(E, params, (x,))
+
+        self.encode, self.decode = wrap(G.encode), wrap(G.decode)
+        self.E, self.E_stats, self.D, self.features = wrap(E), wrap(E.stats), wrap(D), wrap(features)
+        self.G_with, self.D_with, self.E_with = wrap(g_with), wrap(d_with), wrap(e_with)
 
 
 def _lsgan_d(real: List[Tensor], fake: List[Tensor]) -> Tensor:
@@ -197,10 +216,12 @@ class TrainStep:
         self.channels_last = train_cfg.channels_last and not train_cfg.eager_fp32
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
 
+        self.aligned_convs = bool(train_cfg.aligned_convs and not train_cfg.eager_fp32)
         for m in (G, E, D):
             m.train()
             if self.channels_last:
                 m.to(memory_format=torch.channels_last)
+            set_fast_convs(m, self.aligned_convs)  # (before the EMA copies: they inherit it)
         G.requires_grad_(True)
         D.requires_grad_(True)
         E.requires_grad_(self.train_e)
@@ -246,7 +267,9 @@ class TrainStep:
         self._trainable = [p for m in ((G, E, D) if self.train_e else (G, D)) for p in m.parameters()]
         fn = self._forward
         self.compiled = bool(train_cfg.compile and not train_cfg.eager_fp32)
+        self.compile_scope = train_cfg.compile_scope if self.compiled else None
         self._cudagraphs = False
+        self._nets = _Nets(G, E, D, self.perceptual.features)
         if self.compiled:
             mode = train_cfg.compile_mode
             if mode is None and train_cfg.cuda_graphs and is_cuda:
@@ -256,7 +279,20 @@ class TrainStep:
                 # CUDA graphs: the shadow G parameters never move; do not copy them every replay
                 for t in self._g_shadow.values():
                     torch._dynamo.mark_static_address(t)
-            fn = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode, backend=train_cfg.compile_backend)
+            kw: Dict[str, Any] = dict(fullgraph=True, dynamic=False, backend=train_cfg.compile_backend)
+            if train_cfg.combo_kernels and train_cfg.compile_backend == "inductor":
+                from torch._inductor import list_mode_options
+                kw["options"] = {**(list_mode_options(mode) if mode else {}), "combo_kernels": True}
+            else:
+                kw["mode"] = mode
+
+            def wrap(f):
+                return torch.compile(f, **kw)
+
+            if self.compile_scope == "network":
+                self._nets = _Nets(G, E, D, self.perceptual.features, wrap)
+            else:
+                fn = wrap(fn)
         elif train_cfg.cuda_graphs and is_cuda:
             warnings.warn("TrainConfig.cuda_graphs needs compile=True; running without CUDA graphs", stacklevel=2)
         self._fn = fn
@@ -300,10 +336,10 @@ class TrainStep:
         """(z used by G, mu, logvar) for images B."""
         cfg = self.loss_cfg
         if cfg.needs_logvar:
-            mu, logvar = self.E.stats(B)
+            mu, logvar = self._nets.E_stats(B)
             mu, logvar = mu.float(), logvar.float()
         else:
-            mu, logvar = self.E(B).float(), None
+            mu, logvar = self._nets.E(B).float(), None
         z = mu
         if cfg.vae and eps is not None:
             z = mu + eps * torch.exp(0.5 * logvar)
@@ -311,7 +347,7 @@ class TrainStep:
 
     def _forward(self, A: Tensor, B: Tensor, noise: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         cfg = self.loss_cfg
-        G, E, D = self.G, self.E, self.D
+        E, D, nets = self.E, self.D, self._nets
         zero = torch.zeros((), device=A.device, dtype=torch.float32)
         out = {k: zero for k in LOSS_KEYS}
         with self._autocast():
@@ -321,12 +357,12 @@ class TrainStep:
             else:
                 with torch.no_grad():
                     z, mu, logvar = self._codes(B, noise.get("eps"))
-            feats = G.encode(A)
-            fake = G.decode(feats, z)
+            feats = nets.encode(A)
+            fake = nets.decode(feats, z)
             d_frozen = _detached(D)
 
             # discriminator on real images
-            d_real = D(A, B)
+            d_real = nets.D(A, B)
             d_fake_terms = []
             loss_g = zero
             # direct reconstruction
@@ -334,9 +370,9 @@ class TrainStep:
             need_target_feats = (cfg.dir_recon and cfg.lambda_rec > 0) or (cfg.cyc_recon and cfg.cyc_weight > 0)
             if need_target_feats:
                 with torch.no_grad():
-                    tgt_feats = self.perceptual.features(B)
+                    tgt_feats = nets.features(B)
             if cfg.dir_recon and cfg.lambda_rec > 0:
-                rec = self.perceptual.distance(self.perceptual.features(fake), tgt_feats)
+                rec = self.perceptual.distance(nets.features(fake), tgt_feats)
                 out["rec"] = rec
                 loss_g = loss_g + cfg.lambda_rec * rec
             if cfg.dir_recon and cfg.lambda_pixel > 0:
@@ -344,21 +380,21 @@ class TrainStep:
                 out["pixel"] = pixel
                 loss_g = loss_g + cfg.lambda_pixel * pixel
             if cfg.d_dir:
-                d_fake_terms.append(D(A, fake.detach()))
-                g_gan = _lsgan_g(_call_with(D, d_frozen, A, fake))
+                d_fake_terms.append(nets.D(A, fake.detach()))
+                g_gan = _lsgan_g(nets.D_with(d_frozen, A, fake))
                 out["g_gan"] = g_gan
                 loss_g = loss_g + cfg.lambda_gan * g_gan
             # cross-cycle reconstruction: image i takes the code of image i-1, and back
             if cfg.cyc_recon and cfg.cyc_weight > 0:
-                swap = G.decode(feats, z.roll(1, 0))
+                swap = nets.decode(feats, z.roll(1, 0))
                 if cfg.needs_logvar:
-                    mu2, logvar2 = E.stats(swap)
+                    mu2, logvar2 = nets.E_stats(swap)
                     mu2, logvar2 = mu2.float(), logvar2.float()
                     z_back = mu2 + noise["eps_cyc"] * torch.exp(0.5 * logvar2) if cfg.vae else mu2
                 else:
-                    z_back = E(swap).float()
-                cyc_img = G.decode(feats, z_back.roll(-1, 0))
-                cyc = self.perceptual.distance(self.perceptual.features(cyc_img), tgt_feats)
+                    z_back = nets.E(swap).float()
+                cyc_img = nets.decode(feats, z_back.roll(-1, 0))
+                cyc = self.perceptual.distance(nets.features(cyc_img), tgt_feats)
                 out["cyc"] = cyc
                 loss_g = loss_g + cfg.cyc_weight * cyc
             if cfg.z_l2:
@@ -377,14 +413,14 @@ class TrainStep:
                     z_rand = noise["z_prior"]
                 else:  # the code of another training image of the batch
                     z_rand = z.detach().roll(1, 0)
-                fake_rand = _call_with(G, self._g_shadow, A, z_rand)
+                fake_rand = nets.G_with(self._g_shadow, A, z_rand)
                 if cfg.d_rand_z:
-                    d_fake_terms.append(D(A, fake_rand.detach()))
-                    g2_gan = _lsgan_g(_call_with(D, d_frozen, A, fake_rand))
+                    d_fake_terms.append(nets.D(A, fake_rand.detach()))
+                    g2_gan = _lsgan_g(nets.D_with(d_frozen, A, fake_rand))
                     out["g2_gan"] = g2_gan
                     loss_g2 = loss_g2 + cfg.lambda_gan * g2_gan
                 if cfg.z_recon:
-                    z_hat = _call_with(E, _detached(E), fake_rand).float()
+                    z_hat = nets.E_with(_detached(E), fake_rand).float()
                     z_rec = (z_hat - z_rand).abs().mean()
                     out["z_recon"] = z_rec
                     loss_g2 = loss_g2 + cfg.lambda_z_recon * z_rec
