@@ -179,28 +179,14 @@ def _kernels_per_step(step, A, B, device) -> Dict[str, Any]:
 
 def _conv_proxy(batch: int, resolution: int, model_overrides) -> Dict[str, Any]:
     """Unaligned-channel conv GFLOP of the step, with and without the rewrites (meta tensors)."""
-    import torch
-
-    from fastep.nn.aligned import conv_census, set_fast_convs
-    from fastep.zoo.step.config import LossConfig, ModelConfig, TrainConfig
-    from fastep.zoo.step.train_step import make_train_step
+    from fastep.zoo.step.config import ModelConfig, TrainConfig
+    from fastep.zoo.step.train_step import step_conv_census
 
     model_cfg = ModelConfig(resolution=resolution, **(model_overrides or {}))
-    step = make_train_step(TrainConfig(stage=3, approach="ours_v3", compile=False, batch_size=batch,
-                                       resolution=resolution), model_cfg, device="meta",
-                           loss_cfg=LossConfig.preset("ours_v3", perceptual_backbone="random"))
-    step._autocast = contextlib.nullcontext
-    a = torch.empty(batch, 3, resolution, resolution, device="meta")
-
-    def run():
-        total, _ = step._forward(a, a, step._noise(batch))
-        total.backward()
-
     out = {}
     for on in (False, True):
-        for m in step.models:
-            set_fast_convs(m, on)
-        out["rewritten" if on else "original"] = conv_census(run).summary()
+        cfg = TrainConfig(stage=3, approach="ours_v3", batch_size=batch, resolution=resolution, aligned_convs=on)
+        out["rewritten" if on else "original"] = step_conv_census(cfg, model_cfg).summary()
     return out
 
 

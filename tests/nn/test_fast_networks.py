@@ -3,8 +3,6 @@
 Same function in float64 (outputs and gradients of inputs and parameters), same state_dict, and
 the unaligned-channel conv work of a paper-size Ours v3 step that the rewrites remove.
 """
-import contextlib
-
 import pytest
 import torch
 
@@ -86,26 +84,16 @@ def test_fast_convs_under_bf16_autocast_are_as_accurate_as_the_original(kind):
 def test_ours_v3_unaligned_conv_work_at_paper_size():
     """The unaligned-channel conv work of an Ours v3 batch-8 step at 256 x 256: 115.5 GFLOP
     (91 of it in the minibatch-stddev convs) without the rewrites, < 20 with them."""
-    from fastep.zoo.step.config import LossConfig, TrainConfig
-    from fastep.zoo.step.train_step import make_train_step
+    from fastep.zoo.step.config import TrainConfig
+    from fastep.zoo.step.train_step import step_conv_census
 
-    step = make_train_step(TrainConfig(stage=3, approach="ours_v3", compile=False, batch_size=8),
-                           device="meta", loss_cfg=LossConfig.preset("ours_v3", perceptual_backbone="random"))
-    step._autocast = contextlib.nullcontext  # autocast has no meta backend; shapes are what count
-    a = torch.empty(8, 3, 256, 256, device="meta")
-
-    def run():
-        total, _ = step._forward(a, a, step._noise(8))
-        total.backward()
-
-    for m in step.models:
-        al.set_fast_convs(m, False)
-    before = al.conv_census(run)
-    for m in step.models:
-        al.set_fast_convs(m, True)
-    after = al.conv_census(run)
+    cfg = TrainConfig(stage=3, approach="ours_v3", batch_size=8, resolution=256)
+    before = step_conv_census(TrainConfig(stage=3, approach="ours_v3", batch_size=8, aligned_convs=False))
+    after = step_conv_census(cfg)
     assert before.unaligned_gflop == pytest.approx(115.5, abs=0.1)
     assert sum(c.flops for c in before.calls if c.in_ch == 129) / 1e9 == pytest.approx(90.9, abs=0.1)
     assert after.unaligned_gflop < 20
     assert all(c.in_ch == 3 or c.out_ch == 3 for c in after.calls if not c.aligned)  # image inputs only
     assert after.gflop < before.gflop  # the upsample rewrite does 16/36 of those MACs
+    assert step_conv_census(TrainConfig(stage=3, approach="ours_v3", eager_fp32=True)).unaligned_gflop == \
+        pytest.approx(115.5, abs=0.1)  # the baseline keeps the original layers

@@ -57,7 +57,7 @@ from ...nn.aligned import set_fast_convs
 from .config import LossConfig, ModelConfig, TrainConfig
 from .nets import Models, build_models
 
-__all__ = ["TrainStep", "make_train_step", "LOSS_KEYS"]
+__all__ = ["TrainStep", "make_train_step", "step_conv_census", "LOSS_KEYS"]
 
 #: keys of the dict a step returns (always all of them; terms that are off are 0)
 LOSS_KEYS = ("loss_d", "loss_d_real", "loss_d_fake", "loss_g", "loss_g2", "g_gan", "g2_gan", "rec", "cyc",
@@ -612,3 +612,29 @@ def make_train_step(train_cfg: TrainConfig, model_cfg: Optional[ModelConfig] = N
     step = TrainStep(models, loss_cfg, train_cfg, stage)
     step.model_cfg = model_cfg
     return step
+
+
+def step_conv_census(train_cfg: TrainConfig, model_cfg: Optional[ModelConfig] = None, *,
+                     loss_cfg: Optional[LossConfig] = None):
+    """Every convolution of one step's forward + backward (:func:`fastep.nn.aligned.conv_census`),
+    counted on meta tensors at ``train_cfg``'s batch and resolution: nothing is computed.
+
+    ``aligned_convs`` follows ``train_cfg`` (the fast path's rewrites, or the original layers).
+    """
+    from ...nn.aligned import conv_census
+
+    cfg = replace(train_cfg, compile=False, device="cpu")
+    if loss_cfg is None:
+        loss_cfg = LossConfig.preset(cfg.approach, perceptual_backbone="random")
+    step = make_train_step(cfg, model_cfg, "meta", loss_cfg=loss_cfg)
+    for m in step.models:  # eager_fp32 leaves them off; the fast path's setting otherwise
+        set_fast_convs(m, bool(train_cfg.aligned_convs and not train_cfg.eager_fp32))
+    step._autocast = contextlib.nullcontext  # autocast has no meta backend; shapes are what count
+    n, r = cfg.batch_size, cfg.resolution
+    a = torch.empty(n, 3, r, r, device="meta")
+
+    def run():
+        total, _ = step._forward(a, a, step._noise(n))
+        total.backward()
+
+    return conv_census(run)
