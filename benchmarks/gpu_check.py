@@ -23,7 +23,6 @@ the same code on CPU at a toy size without compilation (a check that the script 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import hashlib
 import json
@@ -132,29 +131,19 @@ def cmd_env(out: Path) -> int:
 
 # ----------------------------------------------------------------------------- train
 
-@contextlib.contextmanager
-def _true_fp32():
-    import torch
-
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+#: gpu_check's implementations -> (the bench package's impl, CUDA graphs)
+_BENCH_IMPL = {"eager_fp32": ("baseline", False), "eager_bf16": ("baseline_bf16", False),
+               "fast": ("fastep", False), "fast_graphs": ("fastep", True)}
 
 
 def _make_step(impl: str, batch: int, resolution: int, device: str, model_overrides, compile_on: bool):
+    """The bench package's step: true fp32 (TF32 off) for eager_fp32, reference ops for both
+    eager baselines, cudnn.benchmark on for all (fastep.bench.timing.BenchStep)."""
     from fastep import bench
 
-    if impl == "eager_fp32":
-        return bench.make_step("ours_v3", batch, resolution, "baseline", device, model_overrides=model_overrides)
-    if impl == "eager_bf16":
-        return bench.make_step("ours_v3", batch, resolution, "fastep", device, compile=False,
-                               model_overrides=model_overrides)
-    return bench.make_step("ours_v3", batch, resolution, "fastep", device, compile=compile_on,
-                           cuda_graphs=impl == "fast_graphs", model_overrides=model_overrides)
+    name, graphs = _BENCH_IMPL[impl]
+    return bench.make_step("ours_v3", batch, resolution, name, device, model_overrides=model_overrides,
+                           compile=compile_on and name == "fastep", cuda_graphs=graphs)
 
 
 def _kernels_per_step(step, A, B, device) -> Dict[str, Any]:
@@ -195,11 +184,11 @@ def cmd_train(out: Path, batch: int, resolution: int, steps: int, warmup: int, i
     import torch
 
     from fastep import bench
-    from fastep.compiler import count_kernels, generated_code
-
-    device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
     from fastep.bench.config import QUICK_MODEL
+    from fastep.compiler import count_kernels, generated_code, use_cache_dir
 
+    use_cache_dir()  # $FASTEP_CACHE_DIR: the compiled graphs of one implementation serve the next
+    device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
     overrides = dict(QUICK_MODEL) if smoke else None
     compile_on = not smoke
     torch.backends.cudnn.benchmark = True
@@ -221,40 +210,37 @@ def cmd_train(out: Path, batch: int, resolution: int, steps: int, warmup: int, i
         try:
             bench.reset_compiler()
             bench.free_memory()
-            ctx = _true_fp32() if impl == "eager_fp32" else contextlib.nullcontext()
-            with ctx:
-                step = _make_step(impl, batch, resolution, device, overrides, compile_on)
-                A, B = bench.random_batch(batch, resolution, device)
+            step = _make_step(impl, batch, resolution, device, overrides, compile_on)
+            A, B = bench.random_batch(batch, resolution, device)
+            bench.sync(device)
+            t0 = time.perf_counter()
+            with generated_code() as codes:
+                step(A, B)
                 bench.sync(device)
+            rec["first_call_s"] = time.perf_counter() - t0
+            if codes:
+                rec.update(count_kernels(codes).as_dict())
+            for _ in range(warmup):
+                step(A, B)
+            bench.sync(device)
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(steps):
                 t0 = time.perf_counter()
-                with generated_code() as codes:
-                    step(A, B)
-                    bench.sync(device)
-                rec["first_call_s"] = time.perf_counter() - t0
-                if codes:
-                    rec.update(count_kernels(codes).as_dict())
-                for _ in range(warmup):
-                    step(A, B)
+                step(A, B)
                 bench.sync(device)
-                if device == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                times = []
-                for _ in range(steps):
-                    t0 = time.perf_counter()
-                    step(A, B)
-                    bench.sync(device)
-                    times.append(time.perf_counter() - t0)
-                med = statistics.median(times)
-                rec.update(status="ok", median_s=med, min_s=min(times), steps=steps,
-                           s_per_kimg=med * 1000.0 / batch, times_s=times,
-                           switches=bench.effective_switches(step, "baseline" if impl == "eager_fp32" else "fastep",
-                                                             device, compile_on and impl.startswith("fast"),
-                                                             impl == "fast_graphs"))
-                if device == "cuda":
-                    rec["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
-                    rec.update(_kernels_per_step(step, A, B, device))
-                rec["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
-                               "cudnn": torch.backends.cudnn.allow_tf32}
+                times.append(time.perf_counter() - t0)
+            med = statistics.median(times)
+            rec.update(status="ok", median_s=med, min_s=min(times), steps=steps,
+                       s_per_kimg=med * 1000.0 / batch, times_s=times,
+                       switches=bench.effective_switches(step, _BENCH_IMPL[impl][0], device,
+                                                         compile_on and impl.startswith("fast"),
+                                                         impl == "fast_graphs"))
+            if device == "cuda":
+                rec["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+                rec.update(_kernels_per_step(step, A, B, device))
+            rec["numerics"] = bench.timing.numerics(_BENCH_IMPL[impl][0])
         except Exception as err:  # noqa: BLE001 - record it, go on with the next implementation
             failures += 1
             rec.update(status="error", error=f"{type(err).__name__}: {err}"[:600],
