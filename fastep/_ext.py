@@ -308,6 +308,17 @@ def force_backend(backend: Optional[str], ops: Optional[Sequence[str]] = None) -
         _FORCED.value = previous
 
 
+@contextlib.contextmanager
+def routes_only() -> Iterator[None]:
+    """Run the body on the ops' routes alone: no forced backend, FASTEP_BACKEND ignored."""
+    previous = getattr(_FORCED, "value", None)
+    _FORCED.value = {}
+    try:
+        yield
+    finally:
+        _FORCED.value = previous
+
+
 # ----------------------------------------------------------------------------------------------
 # choosing
 # ----------------------------------------------------------------------------------------------

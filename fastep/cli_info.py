@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import platform
+import sys
 from typing import List
 
 import torch
@@ -46,16 +49,34 @@ def _route_text(taken: dict) -> str:
     return " ".join(f"{','.join(dts)}={b}" for b, dts in by_backend.items())
 
 
+def switch_errors() -> List[str]:
+    """One line per FASTEP_* switch of the op layer that has an invalid value."""
+    errors = []
+    try:
+        _ext.parse_forced(os.environ.get("FASTEP_BACKEND", ""))
+    except ValueError as err:
+        errors.append(str(err))
+    try:
+        _ext.fp32_dot_mode()
+    except ValueError as err:
+        errors.append(str(err))
+    return errors
+
+
 def info_lines() -> List[str]:
-    """The report ``fastep info`` prints (also ``fastep.info()``)."""
+    """The report ``fastep info`` prints (also ``fastep.info()``).  An invalid FASTEP_BACKEND is
+    reported (and the table shows the routes without it)."""
     lines = _versions()
+    errors = switch_errors()
     cuda_here = torch.cuda.is_available()
     lines.append("op routes (backend taken per device and dtype; 'has' lists every backend the op "
                  "has, which FASTEP_BACKEND can force):")
     if not cuda_here:
         lines.append("  (no CUDA device here: the cuda column is what a CUDA device would run "
                      "with this installation)")
-    rows = _ext.route_table(("cpu", "cuda"))
+    bad_backend = any(e.startswith("FASTEP_BACKEND") for e in errors)
+    with (_ext.routes_only() if bad_backend else contextlib.nullcontext()):
+        rows = _ext.route_table(("cpu", "cuda"))
     by_op: dict = {}
     for name, dev, taken, has in rows:
         by_op.setdefault(name, {})[dev] = taken
@@ -65,22 +86,23 @@ def info_lines() -> List[str]:
                      f" has: {', '.join(d['has'])}")
     try:
         mode = _ext.fp32_dot_mode()
-    except ValueError as err:
-        mode = f"invalid ({err})"
+    except ValueError:
+        mode = "invalid (see below)"
     lines.append(f"float32 dots in Triton kernels: {mode} (FASTEP_FP32_DOT=tf32x3|ieee; "
                  f"torch float32 matmul precision: {torch.get_float32_matmul_precision()})")
     lines.append("float32 Gram/style/pairwise on CUDA: cuBLAS (IEEE float32 at precision 'highest'); "
                  "the autotuned Triton float32 Gram kernels run only when forced, until a GPU run "
                  "shows them equal to float64 at VGG sizes (README: fp32 Gram on CUDA)")
-    try:
-        forced = _ext.parse_forced(__import__("os").environ.get("FASTEP_BACKEND", ""))
-    except ValueError as err:
-        forced = {"error": str(err)}
+    forced = {} if bad_backend else _ext.parse_forced(os.environ.get("FASTEP_BACKEND", ""))
     if forced:
         lines.append("FASTEP_BACKEND: " + ", ".join(f"{k}={v}" if k != "*" else v for k, v in forced.items()))
+    lines += [f"invalid switch: {e}" for e in errors]
     return lines
 
 
 def run(args: argparse.Namespace) -> int:
     print("\n".join(info_lines()))
-    return 0
+    errors = switch_errors()
+    for e in errors:
+        print(f"fastep info: {e}", file=sys.stderr)
+    return 2 if errors else 0

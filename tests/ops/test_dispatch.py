@@ -133,3 +133,15 @@ def test_ext_does_not_import_the_ops():
     code = "import sys, fastep._ext; print(any(m.startswith('fastep.ops') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_info_reports_a_bad_switch_in_one_line():
+    import os
+
+    env = dict(os.environ, FASTEP_BACKEND="gram=fast")
+    proc = subprocess.run([sys.executable, "-m", "fastep", "info"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "fastep info: FASTEP_BACKEND: unknown backend 'fast' in 'gram=fast'; expected one of triton, "
+        "cuda, cpp, cublas, reference (or op=backend pairs)"]
+    assert "cuda: fp32,bf16,fp16=cublas" in proc.stdout  # the routes, without the bad switch
