@@ -257,6 +257,23 @@ def test_triton_lpips(triton_device, dtype):
     torch.testing.assert_close(out.double().cpu(), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.triton
+def test_triton_lpips_backward_of_expanded_batch(triton_device):
+    """A batch of one expanded to N (stride 0) gets one gradient per sample, as for a dense copy."""
+    from fastep.kernels import reductions as K
+
+    n, c, h, w_ = 3, 16, 5, 6
+    f0 = torch.randn(1, c, h, w_, device=triton_device).expand(n, c, h, w_)
+    f1 = torch.randn(n, c, h, w_, device=triton_device)
+    w = torch.rand(c, device=triton_device)
+    go = torch.randn(n, device=triton_device)
+    g0, g1 = K.lpips_layer_bwd(go, f0, f1, w)
+    r0, r1 = ref.lpips_distance_backward_reference(go.double().cpu(), [f0.double().cpu().contiguous()],
+                                                   [f1.double().cpu()], [w.double().cpu()])
+    torch.testing.assert_close(g0.double().cpu(), r0[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(g1.double().cpu(), r1[0], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.cuda
 def test_cuda_ops_use_triton_and_match_reference():
     from fastep import _ext
