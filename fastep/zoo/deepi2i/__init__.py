@@ -1,0 +1,24 @@
+"""DeepI2I (Wang, Yu, van de Weijer, NeurIPS 2020): hierarchical image-to-image translation
+by transfer from a pretrained BigGAN.  Work in progress: the networks and the BigGAN
+checkpoint reader/writer exist; training, the stage-0 stand-in, evaluation and the CLI do
+not yet, so the entry is not registered in :data:`fastep.zoo.ENTRIES`.
+
+* :class:`DeepI2IConfig` and :data:`PRESETS` (``paper``, ``gpu``, ``cpu``) (:mod:`.config`);
+* spectrally normalised layers with BigGAN's state-dict names (:mod:`.sn`);
+* the BigGAN generator and projection discriminator (:mod:`.biggan`);
+* the encoder, the adaptor and :func:`build_nets` (:mod:`.nets`);
+* :func:`load_biggan` / :func:`save_biggan`: BigGAN-PyTorch checkpoint folders (:mod:`.weights`).
+"""
+from __future__ import annotations
+
+from .biggan import (BatchNorm, ConditionalBatchNorm, DBlock, Discriminator, GBlock, Generator, SelfAttention,
+                     init_weights)
+from .config import PRESETS, SCRATCH_FUSION, TRANSFER_FUSION, DeepI2IConfig
+from .nets import Adaptor, Encoder, build_nets, trunk_parameters
+from .sn import SNConv2d, SNEmbedding, SNLinear
+from .weights import BigGANFormatError, BigGANWeights, config_from_biggan, load_biggan, save_biggan
+
+__all__ = ["DeepI2IConfig", "PRESETS", "TRANSFER_FUSION", "SCRATCH_FUSION", "SNConv2d", "SNLinear", "SNEmbedding",
+           "ConditionalBatchNorm", "BatchNorm", "GBlock", "DBlock", "SelfAttention", "Generator", "Discriminator",
+           "Encoder", "Adaptor", "build_nets", "trunk_parameters", "init_weights", "BigGANFormatError",
+           "BigGANWeights", "load_biggan", "save_biggan", "config_from_biggan"]
