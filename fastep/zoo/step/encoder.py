@@ -68,7 +68,7 @@ class StyleEncoder(nn.Module):
         return self.fc_logvar is not None
 
     def features(self, x: Tensor) -> Tensor:
-        """Pooled 4*nf-dim features before the FC heads (float32)."""
+        """Pooled 4*nf-dim features before the FC heads (float32; float64 for float64 input)."""
         if not torch.compiler.is_compiling():
             check_images(x, "B", self.in_ch, 16)
         x = self.stem(x)
@@ -77,7 +77,7 @@ class StyleEncoder(nn.Module):
             if self.pixelnorm:
                 x = pixel_norm(x)
         x = F.leaky_relu(x, 0.2)
-        return x.float().mean(dim=(2, 3))
+        return x.to(torch.promote_types(x.dtype, torch.float32)).mean(dim=(2, 3))
 
     def stats(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """``(mu, logvar)``; needs ``logvar=True`` at construction."""
