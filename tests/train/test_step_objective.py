@@ -40,6 +40,8 @@ def _build(name):
     models = build_models(mc, "cpu")
     for m in (models.G, models.E, models.D):
         m.double()
+    with torch.no_grad():  # codes of unit size (not ~0.02 as at init): the code terms then weigh
+        models.E.fc_mean.weight.mul_(50)  # in the totals, so a wrong weight on them shows
     tc = TrainConfig(stage=3, approach=name, batch_size=N, resolution=RES, device="cpu", compile=False, amp=False,
                      channels_last=False, fused_adam=False)
     return TrainStep(models, lc, tc, 3), lc
@@ -61,10 +63,12 @@ def _lsgan_g(outs):
 
 
 def _code(E, cfg, img, eps):
+    # codes are rounded to float32, as the step keeps them: G amplifies a code's last bits (pixel
+    # norm after ReLU at near-dead pixels), so float64 codes would differ by ~1e-4 in G's gradient
     if cfg.needs_logvar:
-        mu, logvar = E.stats(img)
+        mu, logvar = (t.float() for t in E.stats(img))
     else:
-        mu, logvar = E(img), None
+        mu, logvar = E(img).float(), None
     z = mu + eps * torch.exp(0.5 * logvar) if cfg.vae else mu
     return z, mu, logvar
 
@@ -114,12 +118,15 @@ def _objective(G, E, D, vgg, cfg, A, B, noise):
 
 
 def _close_grads(got, want, what):
+    """Per network: max |got - want| <= 2e-5 max |want|.  Both sides run the same float64 nets
+    with the same float32 codes; what is left is float32 rounding inside the nets' norms and the
+    step's float32 loss reductions, measured at <= 2e-6 over 54 seeded cases."""
     scale = max(w.abs().max().item() for w in want)
     assert scale > 0, f"{what}: the reference gradient is zero"
     for (n, g), w in zip(got, want):
         assert g is not None, f"{what}: {n} got no gradient"
         err = (g - w).abs().max().item()
-        assert err <= 1e-5 * scale, f"{what}: {n} differs by {err:.3g} (max |grad| {scale:.3g})"
+        assert err <= 2e-5 * scale, f"{what}: {n} differs by {err:.3g} (max |grad| {scale:.3g})"
 
 
 @pytest.mark.parametrize("name", APPROACHES)
@@ -145,7 +152,8 @@ def test_each_loss_term_and_each_optimizers_gradient(name):
             if want is None:
                 assert v.item() == 0.0, f"{name}: {k} = {v.item()} but the approach has no such term"
             else:
-                assert v.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-9), f"{name}: {k}"
+                # float32 loss reductions in the step: measured <= 1.5e-7 relative over 54 cases
+                assert v.item() == pytest.approx(want.item(), rel=1e-6, abs=1e-12), f"{name}: {k}"
         assert set(terms) - {"loss_g2"} <= set(logs)
 
         pd = list(D.named_parameters())
