@@ -1,7 +1,7 @@
 """The model zoo: every image-to-image system fastep trains, behind one registry.
 
     >>> import fastep.zoo as zoo
-    >>> zoo.systems()                                    # ('step',)
+    >>> zoo.systems()                                    # ('step', 'bridgegan')
     >>> nets = zoo.build("step", preset="cpu", z_dim=16)  # {"G": ..., "E": ..., "D": ...}
     >>> tr = zoo.load("runs/fastep/final.pt")             # StEP: a Translator
     >>> y = tr.translate(a, style=b)                      # images in [-1, 1], (N, 3, H, W)
@@ -25,6 +25,7 @@ __all__ = ["systems", "get", "build", "resolve_config", "load", "register", "Sys
 #: system name -> module defining ``SYSTEM`` (the registration lines)
 ENTRIES: Dict[str, str] = {
     "step": "fastep.zoo.step",
+    "bridgegan": "fastep.zoo.bridgegan",
 }
 
 _LOADED: Dict[str, System] = {}
