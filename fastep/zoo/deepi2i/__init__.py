@@ -1,24 +1,40 @@
 """DeepI2I (Wang, Yu, van de Weijer, NeurIPS 2020): hierarchical image-to-image translation
-by transfer from a pretrained BigGAN.  Work in progress: the networks and the BigGAN
-checkpoint reader/writer exist; training, the stage-0 stand-in, evaluation and the CLI do
-not yet, so the entry is not registered in :data:`fastep.zoo.ENTRIES`.
+by transfer from a pretrained BigGAN.  Work in progress: the networks, the BigGAN checkpoint
+reader/writer and the inference object exist (``fastep.zoo.build("deepi2i", preset)``,
+``fastep.zoo.load``); training, the stage-0 stand-in and evaluation do not yet, so the
+system declares no stages and ``fastep train --system deepi2i`` says so.
 
 * :class:`DeepI2IConfig` and :data:`PRESETS` (``paper``, ``gpu``, ``cpu``) (:mod:`.config`);
 * spectrally normalised layers with BigGAN's state-dict names (:mod:`.sn`);
 * the BigGAN generator and projection discriminator (:mod:`.biggan`);
 * the encoder, the adaptor and :func:`build_nets` (:mod:`.nets`);
-* :func:`load_biggan` / :func:`save_biggan`: BigGAN-PyTorch checkpoint folders (:mod:`.weights`).
+* :func:`load_biggan` / :func:`save_biggan`: BigGAN-PyTorch checkpoint folders (:mod:`.weights`);
+* :class:`Translator`, what ``fastep.zoo.load`` returns for a DeepI2I checkpoint (:mod:`.translator`).
 """
 from __future__ import annotations
 
+from ..system import System
 from .biggan import (BatchNorm, ConditionalBatchNorm, DBlock, Discriminator, GBlock, Generator, SelfAttention,
                      init_weights)
 from .config import PRESETS, SCRATCH_FUSION, TRANSFER_FUSION, DeepI2IConfig
 from .nets import Adaptor, Encoder, build_nets, trunk_parameters
 from .sn import SNConv2d, SNEmbedding, SNLinear
+from .translator import Translator, config_from_checkpoint, load_translator
 from .weights import BigGANFormatError, BigGANWeights, config_from_biggan, load_biggan, save_biggan
 
 __all__ = ["DeepI2IConfig", "PRESETS", "TRANSFER_FUSION", "SCRATCH_FUSION", "SNConv2d", "SNLinear", "SNEmbedding",
            "ConditionalBatchNorm", "BatchNorm", "GBlock", "DBlock", "SelfAttention", "Generator", "Discriminator",
            "Encoder", "Adaptor", "build_nets", "trunk_parameters", "init_weights", "BigGANFormatError",
-           "BigGANWeights", "load_biggan", "save_biggan", "config_from_biggan"]
+           "BigGANWeights", "load_biggan", "save_biggan", "config_from_biggan", "Translator", "load_translator",
+           "config_from_checkpoint", "SYSTEM"]
+
+SYSTEM = System(
+    name="deepi2i",
+    summary="DeepI2I: translation by transfer from a pretrained BigGAN (networks and BigGAN weights; "
+            "training not yet)",
+    config_type=DeepI2IConfig,
+    presets=PRESETS,
+    build=lambda cfg: build_nets(cfg),
+    load=load_translator,
+    config_from_checkpoint=config_from_checkpoint,
+)
