@@ -187,7 +187,7 @@ def cmd_train(out: Path, batch: int, resolution: int, steps: int, warmup: int, i
     from fastep.bench.config import QUICK_MODEL
     from fastep.compiler import count_kernels, generated_code, use_cache_dir
 
-    use_cache_dir()  # $FASTEP_CACHE_DIR: the compiled graphs of one implementation serve the next
+    use_cache_dir()  # $FASTEP_CACHE: the compiled graphs of one implementation serve the next
     device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
     overrides = dict(QUICK_MODEL) if smoke else None
     compile_on = not smoke

@@ -88,3 +88,15 @@ def test_combo_kernels_pass_as_inductor_options(monkeypatch):
     seen.clear()
     _step(compile=True, combo_kernels=True, compile_backend="aot_eager")  # not inductor: no options
     assert "options" not in seen
+
+
+def test_cuda_graph_inputs_live_in_buffers_that_keep_their_address():
+    """The buffer logic of the CUDA-graphs path (the graphs themselves need CUDA: tests/train)."""
+    step = _step()
+    A, B = _batch()
+    a1, b1 = step._static_batch_of(A, B)
+    a2, b2 = step._static_batch_of(2 * A, B + 1)
+    assert a1.data_ptr() == a2.data_ptr() and b1.data_ptr() == b2.data_ptr()
+    assert torch.equal(a2, 2 * A) and torch.equal(b2, B + 1)
+    a3, _ = step._static_batch_of(torch.zeros(1, 3, RES, RES), torch.zeros(1, 3, RES, RES))
+    assert a3.shape[0] == 1  # a new batch shape gets new buffers

@@ -269,6 +269,7 @@ class TrainStep:
         self.compiled = bool(train_cfg.compile and not train_cfg.eager_fp32)
         self.compile_scope = train_cfg.compile_scope if self.compiled else None
         self._cudagraphs = False
+        self._static_batch: Optional[Tuple[Tensor, Tensor]] = None
         self._nets = _Nets(G, E, D, self.perceptual.features)
         if self.compiled:
             mode = train_cfg.compile_mode
@@ -473,6 +474,8 @@ class TrainStep:
         self._check_batch(A, B)
         A = A.to(self.device, torch.float32, non_blocking=True).contiguous(memory_format=self.memory_format)
         B = B.to(self.device, torch.float32, non_blocking=True).contiguous(memory_format=self.memory_format)
+        if self._cudagraphs:
+            A, B = self._static_batch_of(A, B)
         noise = self._noise(A.shape[0])
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
@@ -492,6 +495,19 @@ class TrainStep:
         return logs
 
     step = __call__
+
+    def _static_batch_of(self, A: Tensor, B: Tensor) -> Tuple[Tensor, Tensor]:
+        """The batch copied into buffers that keep their address from step to step (CUDA graphs
+        read inputs from fixed addresses; marked static, the graphs do not copy them again)."""
+        buf = self._static_batch
+        if buf is None or buf[0].shape != A.shape or buf[0].stride() != A.stride():
+            buf = (torch.empty_like(A), torch.empty_like(B))
+            for t in buf:
+                torch._dynamo.mark_static_address(t)
+            self._static_batch = buf
+        buf[0].copy_(A, non_blocking=True)
+        buf[1].copy_(B, non_blocking=True)
+        return buf
 
     def explain(self, A: Tensor, B: Tensor):
         """``torch._dynamo.explain`` of the step's forward on a batch (graph count, graph breaks)."""
