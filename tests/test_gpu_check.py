@@ -31,7 +31,8 @@ def test_gpu_check_script_parses():
 
 
 @pytest.mark.parametrize("args", [["gpu_check.py", "--help"], ["gpu_check.py", "train", "--help"],
-                                  ["gpu_check.py", "summary", "--help"], ["conv_rewrites.py", "--help"]])
+                                  ["gpu_check.py", "summary", "--help"], ["conv_rewrites.py", "--help"],
+                                  ["compile_times.py", "--help"]])
 def test_entry_points_answer_help(args):
     out = subprocess.run([sys.executable, str(BENCH / args[0])] + args[1:], capture_output=True, text=True,
                          cwd=REPO, timeout=120)
@@ -43,6 +44,12 @@ def test_bad_arguments_are_one_line_errors():
     out = subprocess.run([sys.executable, str(BENCH / "conv_rewrites.py"), "--resolution", "40"],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 2 and "multiple of 32" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_compile_times_rejects_unknown_approaches():
+    out = subprocess.run([sys.executable, str(BENCH / "compile_times.py"), "--approaches", "ours_v9"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 2 and "unknown ours_v9" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_conv_rewrites_smoke_values_agree():
