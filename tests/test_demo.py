@@ -56,7 +56,8 @@ def test_default_demo_retrieves_same_style_well_above_chance():
     r = run_demo(device="cpu", keep_distances=True)
     assert r.n_images == 48 and r.n_styles == 12 and r.dim == 305_888 and r.match_histograms
     assert abs(r.chance - 3 / 47) < 1e-12
-    assert r.accuracy >= 0.6 and r.accuracy >= 8 * r.chance
+    # README: 83 % (40 of 48) for seed 0; one near-tie may flip with another BLAS build
+    assert r.accuracy >= 39 / 48 and r.accuracy >= 8 * r.chance, r.accuracy
     assert r.accuracy >= max(r.baselines.values()) + 0.4
     assert max(r.baselines.values()) <= 0.35
     assert r.precision_at_k >= 0.45

@@ -46,6 +46,15 @@ def test_macs_match_spec(name):
     assert abs(gmac - SPEC_GMAC[name]) / SPEC_GMAC[name] < 0.10, f"{name}: {gmac:.2f} GMAC vs SPEC {SPEC_GMAC[name]}"
 
 
+README_MPARAMS = {"G": 11.1, "E": 1.9, "D": 2.1}  # the README's parameter counts (paper widths)
+
+
+def test_parameter_counts_match_readme():
+    G, E, D = _meta_models()
+    for name, m in zip("GED", (G, E, D)):
+        assert round(sum(p.numel() for p in m.parameters()) / 1e6, 1) == README_MPARAMS[name], name
+
+
 def test_small_forward_values_and_grads():
     G = Generator(nf=8, n_res=1)
     E = StyleEncoder(nf=8, logvar=True)

@@ -47,6 +47,25 @@ def test_random_matches_torchvision_layout_and_is_deterministic(arch):
     assert not torch.equal(sd["features.0.weight"], other["features.0.weight"])
 
 
+# Recorded once (torch 2.14.1, CPU): the first weights of the first conv and sum |w| over all
+# tensors for seed 0.  "The same on every run and machine" means these never change; a new
+# generator, init scheme or tensor order would (and must then be a deliberate, documented change,
+# since it changes every random-backbone figure).
+GOLDEN_SEED0 = {
+    "vgg16": ([-0.0663408, -0.0679035, -0.0147655], 259538.20807667938),
+    "vgg19": ([-0.0663408, -0.0679035, -0.0147655], 351813.134334835),
+    "alexnet": ([-0.000393, 0.028156, -0.0431987], 26123.580308643126),
+}
+
+
+@pytest.mark.parametrize("arch", W.ARCHS)
+def test_random_weights_match_recorded_values(arch):
+    first, total = GOLDEN_SEED0[arch]
+    sd = W.random_state_dict(arch, seed=0)
+    assert sd["features.0.weight"].flatten()[:3].tolist() == pytest.approx(first, abs=5e-8)
+    assert sum(v.double().abs().sum().item() for v in sd.values()) == pytest.approx(total, rel=1e-9)
+
+
 @pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
 def test_random_vgg_init_scheme(arch):
     sd = W.random_state_dict(arch, seed=0)
