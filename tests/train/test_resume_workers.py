@@ -1,6 +1,8 @@
 """Resume with data-loader worker processes: an interrupted + resumed run with ``num_workers=2``
 is bit-identical to an uninterrupted one, and to the same run without workers (the per-sample
-augmentation is seeded by (seed, epoch, index), not by whichever process loads the sample)."""
+augmentation is seeded by (seed, epoch, index), not by whichever process loads the sample); and a
+resume mid-epoch decodes only the images still to come (the sampler skips, nothing is read and
+thrown away)."""
 import sys
 from pathlib import Path
 
@@ -50,3 +52,32 @@ def test_resume_with_loader_workers_is_bit_identical(tmp_path):
     for k in w_ref:
         assert torch.equal(w_ref[k], w_res[k]), f"resumed {k} differs"
         assert torch.equal(w_ref[k], w_plain[k]), f"{k}: workers=2 and workers=0 differ"
+
+
+class CountingPairs(ToyPairs):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.decoded = 0
+
+    def __getitem__(self, i):
+        self.decoded += 1
+        return super().__getitem__(i)
+
+
+def test_resume_mid_epoch_decodes_only_the_remaining_images(tmp_path):
+    def trainer(ds):
+        torch.manual_seed(0)
+        return Trainer(ToyStep(), ds, system="toy", stage="2", batch_size=4, kimg=0.048, out_dir=tmp_path, seed=3,
+                       log_every=3, ckpt_every_kimg=0.012, progress=False, tensorboard=False, num_workers=0)
+
+    def stop(t):
+        if t.step_idx == 7:
+            raise Interrupt()
+
+    with pytest.raises(Interrupt):
+        trainer(ToyPairs(n=22)).fit(_after_step=stop)
+    ds = CountingPairs(n=22)
+    tr = trainer(ds)
+    tr.fit(resume=True)  # from step 6 (epoch 1, batch 1 of 5) to 12
+    assert tr.step_idx == 12
+    assert ds.decoded == (12 - 6) * 4  # the skipped batch of epoch 1 is never decoded
