@@ -12,7 +12,8 @@ entry, and loading a checkpoint is an error that says so.
 * :class:`BridgeConfig` and its presets ``paper`` (128 px, 14 attributes), ``cpu`` (64 px, the
   built-in set's 15 attributes, widths halved), ``tiny`` (:mod:`.config`);
 * the networks G, M, E, D/C (:mod:`.networks`), :func:`build_networks`;
-* the codes and losses, :class:`LossWeights` presets ``paper`` and ``code`` (:mod:`.losses`);
+* the codes and losses, :class:`LossWeights` presets ``paper`` and ``code``, the release's
+  :class:`LatentBank` update (:mod:`.losses`);
 * :class:`AttributeSpace`, :class:`BuiltinAttributes`, :class:`CelebAAttributes` (:mod:`.attributes`).
 """
 from __future__ import annotations
@@ -20,11 +21,11 @@ from __future__ import annotations
 from ..system import System
 from .attributes import AttributeSpace, BuiltinAttributes, CelebAAttributes, LabelError, builtin_space
 from .config import PRESETS, BridgeConfig
-from .losses import LossWeights, discriminator_loss, generator_losses, gradient_penalty, make_codes
+from .losses import LatentBank, LossWeights, discriminator_loss, generator_losses, gradient_penalty, make_codes
 from .networks import DiscriminatorClassifier, Generator, MappingNetwork, StyleEncoder, build_networks
 
 __all__ = ["SYSTEM", "BridgeConfig", "PRESETS", "build_networks", "Generator", "MappingNetwork", "StyleEncoder",
-           "DiscriminatorClassifier", "LossWeights", "make_codes", "generator_losses", "discriminator_loss",
+           "DiscriminatorClassifier", "LossWeights", "LatentBank", "make_codes", "generator_losses", "discriminator_loss",
            "gradient_penalty", "AttributeSpace", "BuiltinAttributes", "CelebAAttributes", "LabelError",
            "builtin_space", "config_from_checkpoint"]
 

@@ -30,7 +30,7 @@ from ...config import choose
 
 __all__ = ["Codes", "make_codes", "attribute_keeping_vector", "gradient_penalty", "attribute_bce",
            "discriminator_loss", "generator_losses", "LossWeights", "LOSS_PRESETS", "weighted_total",
-           "mode_seeking_loss", "G_TERMS"]
+           "mode_seeking_loss", "G_TERMS", "LatentBank"]
 
 #: every generator-side term :func:`generator_losses` returns, in order
 G_TERMS = ("adv", "cls", "rec", "cyc1", "cyc2", "ak", "sty", "ms")
@@ -210,3 +210,37 @@ def generator_losses(G, M, E, DC, x_s: Tensor, y_s: Tensor, x_t: Tensor, y_t: Te
     out.update({f"x_{k}": v.detach() for k, v in fakes.items()})
     out["codes"] = c  # type: ignore[assignment]
     return out
+
+
+class LatentBank(torch.nn.Module):
+    """The authors' release's per-image noise table (undocumented in the paper; off in ``paper``).
+
+    A buffer ``r`` [n_images, noise_dim] drawn from N(0, 1).  :meth:`step` takes the rows of the
+    references' data-set indices, ``r0``, moves them along ``g = d MSE(E(x_t, delta), M(r0, delta)) / d r0``
+    as the release writes it, ``r = clip(r0 + (0.9 / rms(g) + 5) g, -1, 1)`` (a step *up* that
+    gradient: kept as written), writes ``r`` back and returns it detached: the LEM code then uses
+    ``M(sg(r), delta)``.  ``rms`` is over the whole batch; a zero gradient leaves the rows at
+    ``clip(r0)``.  A repeated index keeps the update of its last occurrence.
+    """
+
+    def __init__(self, n_images: int, noise_dim: int, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        if n_images < 1 or noise_dim < 1:
+            raise ValueError(f"LatentBank needs n_images >= 1 and noise_dim >= 1, got {n_images}, {noise_dim}")
+        self.register_buffer("r", torch.randn(n_images, noise_dim, generator=generator))
+
+    def step(self, index: Tensor, E, M, x_t: Tensor, delta: Tensor) -> Tensor:
+        index = torch.as_tensor(index, device=self.r.device).long()
+        if index.dim() != 1 or index.numel() != x_t.shape[0]:
+            raise ValueError(f"index must be [N] with N = {x_t.shape[0]}, got {tuple(index.shape)}")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.r.shape[0]):
+            raise IndexError(f"LatentBank index out of range [0, {self.r.shape[0]})")
+        r0 = self.r[index].to(x_t.dtype).requires_grad_(True)
+        with torch.enable_grad():
+            target = E(x_t, delta).detach()
+            (g,) = torch.autograd.grad(F.mse_loss(M(r0, delta), target), r0)
+        rms = g.square().mean().sqrt()
+        step = torch.where(rms > 0, 0.9 / rms.clamp_min(torch.finfo(g.dtype).tiny) + 5, torch.zeros_like(rms))
+        r = (r0.detach() + step * g).clamp(-1, 1)
+        self.r[index] = r.to(self.r.dtype)
+        return r.detach()

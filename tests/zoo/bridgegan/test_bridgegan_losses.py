@@ -184,3 +184,28 @@ def test_discriminator_loss_routing_and_value(tiny):
     torch.testing.assert_close(out["gp"], gp)
     with pytest.raises(ValueError, match="at least one fake"):
         discriminator_loss(D, b["x_s"], b["y_s"], {})
+
+
+def test_latent_bank_update_formula_and_write_back(tiny):
+    from fastep.zoo.bridgegan.losses import LatentBank
+
+    cfg, n, b = tiny
+    bank = LatentBank(10, cfg.noise_dim)
+    before = bank.r.clone()
+    idx = torch.tensor([7, 2, 4])
+    delta = b["y_t"] - b["y_s"]
+    r = bank.step(idx, n["E"], n["M"], b["x_t"], delta)
+    # the formula, by hand
+    r0 = before[idx].clone().requires_grad_(True)
+    loss = ((n["M"](r0, delta) - n["E"](b["x_t"], delta).detach()) ** 2).mean()
+    (g,) = torch.autograd.grad(loss, r0)
+    want = (r0.detach() + (0.9 / g.pow(2).mean().sqrt() + 5) * g).clamp(-1, 1)
+    torch.testing.assert_close(r, want)
+    assert not r.requires_grad and r.abs().max() <= 1
+    torch.testing.assert_close(bank.r[idx], want)
+    untouched = torch.ones(10, dtype=torch.bool)
+    untouched[idx] = False
+    assert torch.equal(bank.r[untouched], before[untouched])  # only the used rows are written
+    assert all(p.grad is None for m in (n["E"], n["M"]) for p in m.parameters())  # no net is trained by it
+    with pytest.raises(IndexError, match="out of range"):
+        bank.step(torch.tensor([0, 1, 10]), n["E"], n["M"], b["x_t"], delta)
