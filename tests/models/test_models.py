@@ -8,7 +8,7 @@ from fastep.nn.layers import (EqConv2d, EqLinear, InstanceNorm, count_macs, inst
                               pixel_norm)
 from fastep.zoo.step import Generator, ModelConfig, MultiScaleDiscriminator, StyleEncoder, build_models
 
-SPEC_GMAC = {"G": 20.6, "E": 7.1, "D": 1.1}  # SPEC.md, per image, forward, 256 x 256
+SPEC_GMAC = {"G": 20.6, "E": 7.1, "D": 1.1}  # docs/step.md, per image, forward, 256 x 256
 
 
 def _meta_models():
@@ -26,7 +26,7 @@ def test_shapes_at_256_on_meta():
     assert E(a).shape == (2, 8)
     outs = D(a, a)
     assert [tuple(o.shape) for o in outs] == [(2, 1, 32, 32), (2, 1, 16, 16), (2, 1, 8, 8)]
-    # widths per SPEC: decoder residual blocks at 264, first up-block conv 528 -> 128, to_rgb 72 -> 3
+    # widths of the official architecture (docs/step.md): decoder residual blocks at 264, first up-block conv 528 -> 128, to_rgb 72 -> 3
     assert G.dec_res[0].conv0.in_ch == 264
     assert (G.up[0].conv0.in_ch, G.up[0].conv0.out_ch) == (528, 128)
     assert (G.to_rgb.in_ch, G.to_rgb.out_ch, G.to_rgb.kernel) == (72, 3, 1)
@@ -43,7 +43,7 @@ def test_macs_match_spec(name):
     z = torch.zeros(1, 8, device="meta")
     macs = {"G": lambda: count_macs(G, a, z), "E": lambda: count_macs(E, a), "D": lambda: count_macs(D, a, a)}[name]()
     gmac = macs / 1e9
-    assert abs(gmac - SPEC_GMAC[name]) / SPEC_GMAC[name] < 0.10, f"{name}: {gmac:.2f} GMAC vs SPEC {SPEC_GMAC[name]}"
+    assert abs(gmac - SPEC_GMAC[name]) / SPEC_GMAC[name] < 0.10, f"{name}: {gmac:.2f} GMAC vs docs/step.md {SPEC_GMAC[name]}"
 
 
 README_MPARAMS = {"G": 11.1, "E": 1.9, "D": 2.1}  # the README's parameter counts (paper widths)

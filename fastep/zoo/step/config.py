@@ -1,6 +1,6 @@
 """Small typed configuration dataclasses for fastep training.
 
-* :class:`ModelConfig`  -- resolution and widths of G, E, D (SPEC.md architectures).
+* :class:`ModelConfig`  -- resolution and widths of G, E, D (docs/step.md, "Networks").
 * :class:`LossConfig`   -- which loss terms are on, and their weights; the six approaches of the
   paper's Table 4 as presets: ``LossConfig.preset("ours_v3")``.
 * :class:`OptimConfig`  -- the paper's three Adam optimizers (G+E, D, G alone).
@@ -18,7 +18,8 @@ from typing import Any, Dict, Optional, Tuple
 
 from ...config import from_dict
 
-__all__ = ["ModelConfig", "LossConfig", "OptimConfig", "TrainConfig", "PRESETS", "APPROACHES"]
+__all__ = ["ModelConfig", "LossConfig", "OptimConfig", "TrainConfig", "PRESETS", "APPROACHES", "APPROACH_TABLE",
+           "LOSS_FLAGS", "canonical_approach"]
 
 
 def _check_type(obj, name: str, types, what: str) -> None:
@@ -47,7 +48,7 @@ def _bools(obj, *names: str) -> None:
 
 @dataclass
 class ModelConfig:
-    """Sizes of the StEP networks (defaults: the official 256 x 256 models of SPEC.md).
+    """Sizes of the StEP networks (defaults: the official 256 x 256 models, docs/step.md).
 
     ``resolution`` is the training crop; the nets are fully convolutional, it is used to
     validate divisibility (G needs multiples of 2^g_n_down, E of 16, D of
@@ -108,24 +109,31 @@ class ModelConfig:
 
 # ----------------------------------------------------------------------------- losses
 
-# Paper Table 4 (SPEC.md "Baselines and ablations"):
-#             dir  cyc  D_dir D_rand_z z_recon z_L2 z_KL VAE  pre-trained E
-_TABLE = {
-    "bicycle_v1":   (1, 0, 1, 1, 1, 0, 1, 1, 0),
-    "bicycle_v2":   (1, 1, 1, 1, 1, 0, 1, 1, 0),
-    "ours_v1":      (1, 1, 1, 1, 1, 1, 0, 0, 1),
-    "ours_v2":      (1, 0, 1, 1, 1, 1, 0, 0, 1),
-    "ours_v3":      (1, 0, 1, 0, 0, 1, 0, 0, 1),
-    "ours_v4":      (1, 0, 1, 0, 0, 0, 0, 0, 1),
+#: The loss terms an approach can switch on (the columns of the paper's Table 4).
+LOSS_FLAGS = ("dir_recon", "cyc_recon", "d_dir", "d_rand_z", "z_recon", "z_l2", "z_kl", "vae", "pretrained_e")
+
+#: The approaches of the paper's Table 4 as named rows: the flags each one switches on (every
+#: other flag of :data:`LOSS_FLAGS` is off).  A new approach is one row here.
+APPROACH_TABLE: Dict[str, Dict[str, bool]] = {
+    "bicycle_v1": dict(dir_recon=True, d_dir=True, d_rand_z=True, z_recon=True, z_kl=True, vae=True),
+    "bicycle_v2": dict(dir_recon=True, cyc_recon=True, d_dir=True, d_rand_z=True, z_recon=True, z_kl=True,
+                       vae=True),
+    "ours_v1": dict(dir_recon=True, cyc_recon=True, d_dir=True, d_rand_z=True, z_recon=True, z_l2=True,
+                    pretrained_e=True),
+    "ours_v2": dict(dir_recon=True, d_dir=True, d_rand_z=True, z_recon=True, z_l2=True, pretrained_e=True),
+    "ours_v3": dict(dir_recon=True, d_dir=True, z_l2=True, pretrained_e=True),
+    "ours_v4": dict(dir_recon=True, d_dir=True, pretrained_e=True),
     # the intermediate ablations of Table 4 (not part of the timing table)
-    "bicycle_v1_2": (1, 0, 1, 1, 1, 0, 1, 0, 0),
-    "bicycle_v2_2": (1, 1, 1, 1, 1, 0, 1, 0, 0),
-    "bicycle_v1_3": (1, 0, 1, 1, 1, 1, 0, 0, 0),
-    "bicycle_v2_3": (1, 1, 1, 1, 1, 1, 0, 0, 0),
+    "bicycle_v1_2": dict(dir_recon=True, d_dir=True, d_rand_z=True, z_recon=True, z_kl=True),
+    "bicycle_v2_2": dict(dir_recon=True, cyc_recon=True, d_dir=True, d_rand_z=True, z_recon=True, z_kl=True),
+    "bicycle_v1_3": dict(dir_recon=True, d_dir=True, d_rand_z=True, z_recon=True, z_l2=True),
+    "bicycle_v2_3": dict(dir_recon=True, cyc_recon=True, d_dir=True, d_rand_z=True, z_recon=True, z_l2=True),
 }
-_FLAGS = ("dir_recon", "cyc_recon", "d_dir", "d_rand_z", "z_recon", "z_l2", "z_kl", "vae", "pretrained_e")
+for _name, _row in APPROACH_TABLE.items():
+    if set(_row) - set(LOSS_FLAGS):
+        raise ValueError(f"APPROACH_TABLE[{_name!r}]: unknown flag(s) {sorted(set(_row) - set(LOSS_FLAGS))}")
 APPROACHES = ("bicycle_v1", "bicycle_v2", "ours_v1", "ours_v2", "ours_v3", "ours_v4")
-PRESETS = tuple(_TABLE)
+PRESETS = tuple(APPROACH_TABLE)
 _ALIASES = {"munit_p": "bicycle_v2", "munit-p": "bicycle_v2"}
 
 
@@ -136,7 +144,7 @@ def canonical_approach(name: str) -> str:
 
 @dataclass
 class LossConfig:
-    """Loss terms (SPEC.md / paper Table 4) and weights.
+    """Loss terms (paper Table 4, docs/step.md) and weights.
 
     Flags: ``dir_recon`` perceptual reconstruction of B from G(A, E(B)); ``cyc_recon`` cross-cycle
     reconstruction (swap the codes of two pairs, re-encode, swap back); ``d_dir`` GAN on direct
@@ -193,7 +201,7 @@ class LossConfig:
     name: str = "custom"
 
     def __post_init__(self):
-        _bools(self, *_FLAGS)
+        _bools(self, *LOSS_FLAGS)
         _positive(self, "lambda_gan", "lambda_rec", "lambda_z_l2", "lambda_z_kl", "lambda_z_recon",
                   "lambda_pixel", allow_zero=True)
         if self.perceptual_layers is not None:
@@ -253,15 +261,15 @@ class LossConfig:
         """One of ``PRESETS`` (``bicycle_v1``, ``bicycle_v2`` (alias ``munit_p``), ``ours_v1`` ..
         ``ours_v4``, and the ablations ``bicycle_v1_2/v2_2/v1_3/v2_3``); keyword overrides apply."""
         key = canonical_approach(name)
-        if key not in _TABLE:
+        if key not in APPROACH_TABLE:
             raise ValueError(f"unknown approach {name!r}; expected one of {PRESETS}")
-        flags = {f: bool(v) for f, v in zip(_FLAGS, _TABLE[key])}
+        flags = {f: APPROACH_TABLE[key].get(f, False) for f in LOSS_FLAGS}
         flags["name"] = key
         flags.update(overrides)
         return cls(**flags)
 
     def table_row(self) -> Dict[str, bool]:
-        return {f: getattr(self, f) for f in _FLAGS}
+        return {f: getattr(self, f) for f in LOSS_FLAGS}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "LossConfig":
@@ -352,7 +360,7 @@ class TrainConfig:
             self.stage = int(self.stage)
         if self.stage not in (1, 2, 3):
             raise ValueError(f"TrainConfig.stage must be 1, 2 or 3, got {self.stage!r}")
-        if canonical_approach(self.approach) not in _TABLE:
+        if canonical_approach(self.approach) not in APPROACH_TABLE:
             raise ValueError(f"TrainConfig.approach must be one of {PRESETS}, got {self.approach!r}")
         self.approach = canonical_approach(self.approach)
         for n in ("batch_size", "resolution", "num_workers", "log_every", "keep_ckpts", "seed"):

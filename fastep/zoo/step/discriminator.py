@@ -6,7 +6,7 @@ Per scale (official StEP code, ``d_nf = 32``, 3 layers), input concat(B, A) (6 c
     minibatch-stddev channel (129), 4x4 stride-1 conv 129 -> 256, IN, LeakyReLU
     4x4 stride-1 conv 256 -> 1  (patch logits; 32 x 32 at the first scale for 256 x 256 input)
 Three scales with 2x2 average pooling of the input between them.  Forward cost at 256 x 256:
-1.13 GMAC per image for all three scales (SPEC.md: ~1.1).
+1.13 GMAC per image for all three scales (docs/step.md: ~1.1).
 
 ``fast_convs = True`` (set by :func:`fastep.nn.aligned.set_fast_convs`) computes the same
 function with tensor-core-aligned channel counts (:mod:`fastep.nn.aligned`): the input is built

@@ -7,7 +7,7 @@ Architecture (official StEP code, ``e_nf = 64``, 256 x 256):
     basic block 192 -> 256, pixel norm                              16 x 16
     LeakyReLU(0.2), global average pool, FC -> z (8)  [+ FC -> log-variance, VAE baselines]
 Basic block (DRIT): ``avgpool2(conv3x3(lrelu(conv3x3(lrelu(x))))) + conv1x1(avgpool2(x))``.
-Forward cost at 256 x 256: 7.07 GMAC per image (SPEC.md: ~7.1).
+Forward cost at 256 x 256: 7.07 GMAC per image (docs/step.md: ~7.1).
 """
 from __future__ import annotations
 

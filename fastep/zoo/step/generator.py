@@ -14,7 +14,7 @@ decoder
     concat skip (the 7x7 conv's output) and z: [32 + 32 + 8 = 72] -> 1x1 conv -> 3, tanh.
 All convs use equalized learning rate.  Forward cost at 256 x 256: 20.5 GMAC per image
 (content encoder 6.0, decoder residual blocks 5.1, upsampling path 9.4), matching the ~20.6
-GMAC of SPEC.md; ``tests/models/test_models.py`` checks it with torch.utils.flop_counter.
+GMAC of docs/step.md; ``tests/models/test_models.py`` checks it with torch.utils.flop_counter.
 
 ``fast_convs = True`` (set by :func:`fastep.nn.aligned.set_fast_convs`) computes the same
 function faster: each upsampling block's nearest x2 + first 3x3 conv as one stride-2 transposed

@@ -31,7 +31,7 @@ DistanceFn = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass
 class MapperConfig:
-    """IMLE mapper training (defaults: SPEC.md / the official code).
+    """IMLE mapper training (defaults: the official code, docs/step.md).
 
     ``distance``: ``"l2"`` (squared Euclidean) or a callable ``(codes[n, D], samples[m, D]) ->
     distances[n, m]`` used for the nearest-sample matching.

@@ -16,7 +16,7 @@ __all__ = ["Mapper"]
 class Mapper(nn.Module):
     """MLP ``noise[N, noise_dim] -> z[N, z_dim]``: ``n_hidden`` tanh layers of ``hidden`` units.
 
-    Defaults follow SPEC.md: noise_dim = z_dim = 8, three hidden layers of 128, tanh.
+    Defaults (docs/step.md, official code): noise_dim = z_dim = 8, three hidden layers of 128, tanh.
     """
 
     def __init__(self, z_dim: int = 8, noise_dim: Optional[int] = None, hidden: int = 128, n_hidden: int = 3):

@@ -8,7 +8,7 @@ and trains E on
 
     max(|za - zp|^2 - |za - zn|^2 + alpha, 0) + lambda * mean(z^2 over the three codes)
 
-with alpha = 0.1, lambda = 0.01, batch 12 triplets, Adam(1e-3, betas (0, 0.99)) (SPEC.md).
+with alpha = 0.1, lambda = 0.01, batch 12 triplets, Adam(1e-3, betas (0, 0.99)) (official code; docs/step.md).
 
 >>> nb = mine_triplets_from_images(images_B, cfg, device)      # a Neighbours
 >>> history = train_encoder_stage1(E, images_B, nb, cfg, device)
@@ -29,7 +29,7 @@ __all__ = ["Stage1Config", "triplet_loss", "train_encoder_stage1", "mine_triplet
 
 @dataclass
 class Stage1Config:
-    """Stage-1 (triplet pre-training of E) settings; defaults from SPEC.md / the official code.
+    """Stage-1 (triplet pre-training of E) settings; defaults from the official code (docs/step.md).
 
     ``steps`` (optimizer steps), when set, overrides ``epochs``.  An epoch is one pass over
     ``triplets_per_epoch`` triplets (default: one per anchor image).

@@ -47,17 +47,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from dataclasses import replace
-from typing import Any, Dict, List, Optional, Tuple, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from ...losses import lsgan_g_loss
 from ...nn.aligned import set_fast_convs
 from .config import LossConfig, ModelConfig, TrainConfig
 from .nets import Models, build_models
 
-__all__ = ["TrainStep", "make_train_step", "step_conv_census", "LOSS_KEYS"]
+__all__ = ["TrainStep", "make_train_step", "step_conv_census", "LOSS_KEYS", "LossTerm", "G_TERMS", "G2_TERMS"]
 
 #: keys of the dict a step returns (always all of them; terms that are off are 0)
 LOSS_KEYS = ("loss_d", "loss_d_real", "loss_d_fake", "loss_g", "loss_g2", "g_gan", "g2_gan", "rec", "cyc",
@@ -92,81 +93,46 @@ class _Nets:
         self.G_with, self.D_with, self.E_with = wrap(g_with), wrap(d_with), wrap(e_with)
 
 
-def _lsgan_d(real: List[Tensor], fake: List[Tensor]) -> Tensor:
+def _d_real_half(d_real: List[Tensor]) -> Tensor:
+    """LSGAN's real half of the D loss, 0.5 * sum over scales of mean((D(real) - 1)^2): half of
+    :func:`fastep.losses.lsgan_g_loss` on the real outputs (the scaling by 1/2 is exact)."""
+    return 0.5 * lsgan_g_loss(d_real)
+
+
+def _d_fake_half(d_fake: List[Tensor]) -> Tensor:
+    """LSGAN's fake half of the D loss, 0.5 * sum over scales of mean(D(fake)^2)."""
     total = None
-    for r, f in zip(real, fake):
-        t = 0.5 * (r.float() - 1).square().mean() + 0.5 * f.float().square().mean()
+    for f in d_fake:
+        t = f.float().square().mean()
         total = t if total is None else total + t
-    return total
+    return 0.5 * total
 
 
-def _lsgan_g(fake: List[Tensor]) -> Tensor:
-    total = None
-    for f in fake:
-        t = (f.float() - 1).square().mean()
-        total = t if total is None else total + t
-    return total
-
-
-def _lsgan_real(real: List[Tensor]) -> Tensor:
-    total = None
-    for r in real:
-        t = 0.5 * (r.float() - 1).square().mean()
-        total = t if total is None else total + t
-    return total
-
-
-def _lsgan_fake(fake: List[Tensor]) -> Tensor:
-    total = None
-    for f in fake:
-        t = 0.5 * f.float().square().mean()
-        total = t if total is None else total + t
-    return total
-
-
-_PERCEPTUAL_CACHE: Dict[tuple, nn.Module] = {}
-
-
-class _Perceptual(nn.Module):
-    """Perceptual distance with reusable target features.
-
-    Uses engineer D's :class:`fastep.losses.PerceptualLoss` backbone (VGGFeatures) and its fused
-    ``fastep::weighted_feature_distance`` reduction; its range check (a host sync) is skipped.
-    """
+class _Perceptual:
+    """The step's perceptual term: the target's features once, a distance for every generated
+    image (:meth:`fastep.losses.PerceptualLoss.features` / ``distance``), times the official
+    code's activation scale (``perceptual_act_scale``^2 for mse, ^1 for l1).  The backbone comes
+    from fastep's one cache (:func:`fastep.losses.shared_perceptual_loss`); its range check (a
+    host sync) is not used."""
 
     def __init__(self, loss_cfg: LossConfig, channels_last: bool, amp_dtype: Optional[torch.dtype],
                  device: torch.device):
-        super().__init__()
-        from ...losses import PerceptualLoss
-        from ...ops.reductions import weighted_feature_distance
+        from ...losses import shared_perceptual_loss
 
         layers = None if loss_cfg.perceptual_layers is None else tuple(loss_cfg.perceptual_layers)
-        key = (loss_cfg.perceptual_net, tuple(loss_cfg.perceptual_weights), loss_cfg.perceptual_distance,
-               str(loss_cfg.perceptual_backbone), layers, bool(channels_last), str(amp_dtype), str(device))
-        loss = _PERCEPTUAL_CACHE.get(key)  # frozen backbones are shared between steps
-        if loss is None:
-            loss = PerceptualLoss(loss_cfg.perceptual_net, loss_cfg.perceptual_weights,
-                                  loss_cfg.perceptual_distance, loss_cfg.perceptual_backbone,
-                                  layers=layers, amp=amp_dtype if amp_dtype is not None else False,
-                                  channels_last=channels_last).to(device)
-            if isinstance(loss_cfg.perceptual_backbone, str) and len(_PERCEPTUAL_CACHE) < 8:
-                _PERCEPTUAL_CACHE[key] = loss
-        self.loss = loss
-        self._wfd = weighted_feature_distance
-        self.weights = [float(w) for w in loss_cfg.perceptual_weights]
-        self.p = 1 if loss_cfg.perceptual_distance == "l1" else 2
+        self.loss = shared_perceptual_loss(loss_cfg.perceptual_net, loss_cfg.perceptual_weights,
+                                           loss_cfg.perceptual_distance, loss_cfg.perceptual_backbone, layers=layers,
+                                           amp=amp_dtype if amp_dtype is not None else False,
+                                           channels_last=channels_last, device=device)
+        p = 1 if loss_cfg.perceptual_distance == "l1" else 2
         s = loss_cfg.perceptual_act_scale
-        self.scale = float(s * s if self.p == 2 else s)
-        self.channels_last = channels_last
-        if channels_last:
-            self.loss.vgg.to(memory_format=torch.channels_last)
-            self.loss.vgg.channels_last = True
+        self.scale = float(s * s if p == 2 else s)
 
     def features(self, x: Tensor) -> List[Tensor]:
-        return self.loss.vgg(x)
+        return self.loss.features(x)
 
     def distance(self, feats_x: List[Tensor], feats_y: List[Tensor]) -> Tensor:
-        return self.scale * self._wfd(feats_x, feats_y, self.weights, self.p)
+        return self.scale * self.loss.distance(feats_x, feats_y)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -347,94 +313,40 @@ class TrainStep:
         return z, mu, logvar
 
     def _forward(self, A: Tensor, B: Tensor, noise: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Every enabled loss term of :data:`G_TERMS`, :data:`G2_TERMS` and the D loss, in one graph.
+
+        The loops over the term tables are plain Python at trace time: ``torch.compile`` sees one
+        graph with exactly the enabled terms."""
         cfg = self.loss_cfg
-        E, D, nets = self.E, self.D, self._nets
         zero = torch.zeros((), device=A.device, dtype=torch.float32)
         out = {k: zero for k in LOSS_KEYS}
         with self._autocast():
-            # style codes
             if self.train_e:
                 z, mu, logvar = self._codes(B, noise.get("eps"))
             else:
                 with torch.no_grad():
                     z, mu, logvar = self._codes(B, noise.get("eps"))
+            nets = self._nets
             feats = nets.encode(A)
-            fake = nets.decode(feats, z)
-            d_frozen = _detached(D)
-
-            # discriminator on real images
+            p = _Pass(A=A, B=B, noise=noise, z=z, mu=mu, logvar=logvar, feats=feats, fake=nets.decode(feats, z),
+                      d_frozen=_detached(self.D))
             d_real = nets.D(A, B)
-            d_fake_terms = []
             loss_g = zero
-            # direct reconstruction
-            # a zero perceptual weight skips the backbone passes (the pixel term alone needs none)
-            need_target_feats = (cfg.dir_recon and cfg.lambda_rec > 0) or (cfg.cyc_recon and cfg.cyc_weight > 0)
-            if need_target_feats:
-                with torch.no_grad():
-                    tgt_feats = nets.features(B)
-            if cfg.dir_recon and cfg.lambda_rec > 0:
-                rec = self.perceptual.distance(nets.features(fake), tgt_feats)
-                out["rec"] = rec
-                loss_g = loss_g + cfg.lambda_rec * rec
-            if cfg.dir_recon and cfg.lambda_pixel > 0:
-                pixel = (fake.float() - B.float()).abs().mean()
-                out["pixel"] = pixel
-                loss_g = loss_g + cfg.lambda_pixel * pixel
-            if cfg.d_dir:
-                d_fake_terms.append(nets.D(A, fake.detach()))
-                g_gan = _lsgan_g(nets.D_with(d_frozen, A, fake))
-                out["g_gan"] = g_gan
-                loss_g = loss_g + cfg.lambda_gan * g_gan
-            # cross-cycle reconstruction: image i takes the code of image i-1, and back
-            if cfg.cyc_recon and cfg.cyc_weight > 0:
-                swap = nets.decode(feats, z.roll(1, 0))
-                if cfg.needs_logvar:
-                    mu2, logvar2 = nets.E_stats(swap)
-                    mu2, logvar2 = mu2.float(), logvar2.float()
-                    z_back = mu2 + noise["eps_cyc"] * torch.exp(0.5 * logvar2) if cfg.vae else mu2
-                else:
-                    z_back = nets.E(swap).float()
-                cyc_img = nets.decode(feats, z_back.roll(-1, 0))
-                cyc = self.perceptual.distance(nets.features(cyc_img), tgt_feats)
-                out["cyc"] = cyc
-                loss_g = loss_g + cfg.cyc_weight * cyc
-            if cfg.z_l2:
-                z_l2 = z.square().mean()
-                out["z_l2"] = z_l2
-                loss_g = loss_g + cfg.lambda_z_l2 * z_l2
-            if cfg.z_kl:
-                z_kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum()
-                out["z_kl"] = z_kl
-                loss_g = loss_g + cfg.lambda_z_kl * z_kl
-
-            # random-z branch (G-only optimizer through the shadow parameters)
+            for term in G_TERMS:  # G (and E in stage 3), through the first Adam
+                if term.on(cfg):
+                    value = term.fn(self, p)
+                    out[term.key] = value
+                    loss_g = loss_g + term.weight(cfg) * value
             loss_g2 = zero
-            if self.use_g2:
-                if cfg.random_z_mode == "prior":
-                    z_rand = noise["z_prior"]
-                else:  # the code of another training image of the batch
-                    z_rand = z.detach().roll(1, 0)
-                fake_rand = nets.G_with(self._g_shadow, A, z_rand)
-                if cfg.d_rand_z:
-                    d_fake_terms.append(nets.D(A, fake_rand.detach()))
-                    g2_gan = _lsgan_g(nets.D_with(d_frozen, A, fake_rand))
-                    out["g2_gan"] = g2_gan
-                    loss_g2 = loss_g2 + cfg.lambda_gan * g2_gan
-                if cfg.z_recon:
-                    z_hat = nets.E_with(_detached(E), fake_rand).float()
-                    z_rec = (z_hat - z_rand).abs().mean()
-                    out["z_recon"] = z_rec
-                    loss_g2 = loss_g2 + cfg.lambda_z_recon * z_rec
-
-            # discriminator loss: 0.5 (D(real) - 1)^2 + 0.5 mean over fake kinds of D(fake)^2
-            loss_d_real = _lsgan_real(d_real)
-            if d_fake_terms:
-                loss_d_fake = _lsgan_fake(d_fake_terms[0])
-                for t in d_fake_terms[1:]:
-                    loss_d_fake = loss_d_fake + _lsgan_fake(t)
-                loss_d_fake = loss_d_fake / len(d_fake_terms)
-            else:
-                loss_d_fake = zero
+            if self.use_g2:  # the random-z branch: G alone, through the shadow parameters
+                p.z_rand = noise["z_prior"] if cfg.random_z_mode == "prior" else z.detach().roll(1, 0)
+                p.fake_rand = nets.G_with(self._g_shadow, A, p.z_rand)
+                for term in G2_TERMS:
+                    if term.on(cfg):
+                        value = term.fn(self, p)
+                        out[term.key] = value
+                        loss_g2 = loss_g2 + term.weight(cfg) * value
+            loss_d_real, loss_d_fake = _d_loss(d_real, p.d_fakes, zero)
             loss_d = cfg.lambda_gan * (loss_d_real + loss_d_fake)
 
         out["loss_d"], out["loss_d_real"], out["loss_d_fake"] = loss_d, loss_d_real, loss_d_fake
@@ -599,6 +511,124 @@ class TrainStep:
         self.base_lrs = [[g.get("initial_lr", b) for g, b in zip(o.param_groups, bases)]
                          for o, bases in zip(self.optimizers, self.base_lrs)]
         self.set_lr_scale(float(state.get("lr_scale", 1.0)))
+
+
+# ----------------------------------------------------------------------------- the loss terms
+
+@dataclass
+class _Pass:
+    """What one forward pass has computed so far (shared by the loss terms)."""
+
+    A: Tensor
+    B: Tensor
+    noise: Dict[str, Tensor]
+    z: Tensor  #: the codes G decodes (sampled for VAE approaches)
+    mu: Tensor
+    logvar: Optional[Tensor]
+    feats: List[Tensor]  #: G's content encoding of A, decoded for every code
+    fake: Tensor  #: G(A, z), the direct reconstruction
+    d_frozen: Dict[str, Tensor]  #: D's parameters, detached (G's GAN terms do not train D)
+    d_fakes: List[List[Tensor]] = field(default_factory=list)  #: D on each kind of (detached) fake
+    target: Optional[List[Tensor]] = None  #: perceptual features of B, computed once
+    z_rand: Optional[Tensor] = None
+    fake_rand: Optional[Tensor] = None
+
+
+def _target_features(step: "TrainStep", p: _Pass) -> List[Tensor]:
+    if p.target is None:
+        with torch.no_grad():
+            p.target = step._nets.features(p.B)
+    return p.target
+
+
+def _dir_recon(step: "TrainStep", p: _Pass) -> Tensor:
+    """Perceptual distance of G(A, E(B)) to B."""
+    target = _target_features(step, p)
+    return step.perceptual.distance(step._nets.features(p.fake), target)
+
+
+def _pixel(step: "TrainStep", p: _Pass) -> Tensor:
+    """L1 of G(A, E(B)) to B."""
+    return (p.fake.float() - p.B.float()).abs().mean()
+
+
+def _gan_direct(step: "TrainStep", p: _Pass) -> Tensor:
+    """LSGAN G loss of the direct reconstruction (D sees the detached fake in the D loss)."""
+    p.d_fakes.append(step._nets.D(p.A, p.fake.detach()))
+    return lsgan_g_loss(step._nets.D_with(p.d_frozen, p.A, p.fake))
+
+
+def _cyc_recon(step: "TrainStep", p: _Pass) -> Tensor:
+    """Cross-cycle: image i takes the code of image i-1, is re-encoded, takes its code back."""
+    target = _target_features(step, p)
+    cfg, nets = step.loss_cfg, step._nets
+    swap = nets.decode(p.feats, p.z.roll(1, 0))
+    if cfg.needs_logvar:
+        mu2, logvar2 = nets.E_stats(swap)
+        mu2, logvar2 = mu2.float(), logvar2.float()
+        z_back = mu2 + p.noise["eps_cyc"] * torch.exp(0.5 * logvar2) if cfg.vae else mu2
+    else:
+        z_back = nets.E(swap).float()
+    cyc_img = nets.decode(p.feats, z_back.roll(-1, 0))
+    return step.perceptual.distance(nets.features(cyc_img), target)
+
+
+def _z_l2(step: "TrainStep", p: _Pass) -> Tensor:
+    return p.z.square().mean()
+
+
+def _z_kl(step: "TrainStep", p: _Pass) -> Tensor:
+    """KL(N(mu, sigma) || N(0, I)), summed over code dimensions and batch (official code)."""
+    return 0.5 * (p.mu.square() + p.logvar.exp() - 1.0 - p.logvar).sum()
+
+
+def _gan_random_z(step: "TrainStep", p: _Pass) -> Tensor:
+    """LSGAN G loss of G(A, z_rand) (through the G-only optimizer's shadow parameters)."""
+    p.d_fakes.append(step._nets.D(p.A, p.fake_rand.detach()))
+    return lsgan_g_loss(step._nets.D_with(p.d_frozen, p.A, p.fake_rand))
+
+
+def _z_recon(step: "TrainStep", p: _Pass) -> Tensor:
+    """L1 between z_rand and E(G(A, z_rand)) (E frozen inside this branch)."""
+    z_hat = step._nets.E_with(_detached(step.E), p.fake_rand).float()
+    return (z_hat - p.z_rand).abs().mean()
+
+
+def _d_loss(d_real: List[Tensor], d_fakes: List[List[Tensor]], zero: Tensor) -> Tuple[Tensor, Tensor]:
+    """(real half, fake half averaged over the kinds of fake) of the LSGAN D loss."""
+    loss_real = _d_real_half(d_real)
+    if not d_fakes:
+        return loss_real, zero
+    loss_fake = _d_fake_half(d_fakes[0])
+    for t in d_fakes[1:]:
+        loss_fake = loss_fake + _d_fake_half(t)
+    return loss_real, loss_fake / len(d_fakes)
+
+
+class LossTerm(NamedTuple):
+    """One loss term: its log key, when it is on, its weight, and the function computing it."""
+
+    key: str
+    on: Callable[[LossConfig], bool]
+    weight: Callable[[LossConfig], float]
+    fn: Callable[["TrainStep", _Pass], Tensor]
+
+
+#: The G (and, in stage 3, E) terms, in the order they are added (the first Adam).
+#: A zero perceptual weight skips the backbone passes (the pixel term alone needs none).
+G_TERMS: Tuple[LossTerm, ...] = (
+    LossTerm("rec", lambda c: c.dir_recon and c.lambda_rec > 0, lambda c: c.lambda_rec, _dir_recon),
+    LossTerm("pixel", lambda c: c.dir_recon and c.lambda_pixel > 0, lambda c: c.lambda_pixel, _pixel),
+    LossTerm("g_gan", lambda c: c.d_dir, lambda c: c.lambda_gan, _gan_direct),
+    LossTerm("cyc", lambda c: c.cyc_recon and c.cyc_weight > 0, lambda c: c.cyc_weight, _cyc_recon),
+    LossTerm("z_l2", lambda c: c.z_l2, lambda c: c.lambda_z_l2, _z_l2),
+    LossTerm("z_kl", lambda c: c.z_kl, lambda c: c.lambda_z_kl, _z_kl),
+)
+#: The random-z terms of the paper's third Adam (G alone, lr 1e-4).
+G2_TERMS: Tuple[LossTerm, ...] = (
+    LossTerm("g2_gan", lambda c: c.d_rand_z, lambda c: c.lambda_gan, _gan_random_z),
+    LossTerm("z_recon", lambda c: c.z_recon, lambda c: c.lambda_z_recon, _z_recon),
+)
 
 
 def make_train_step(train_cfg: TrainConfig, model_cfg: Optional[ModelConfig] = None,
