@@ -18,12 +18,12 @@ SMALL = dict(g_nf=4, e_nf=4, d_nf=4, g_max_nf=8, n_res=1, d_layers=2, d_scales=2
 REL = 2e-5
 
 
-def _same_losses(got, want, where):
+def _same_losses(got, want, where, rel=REL):
     assert set(want) <= set(got), where
     for k in set(got) - set(want):  # terms added since (e.g. the pixel L1) are off by default
         assert got[k] == 0.0, f"{where}: new term {k} = {got[k]}"
     for k in want:
-        assert got[k] == pytest.approx(want[k], rel=REL, abs=1e-9), f"{where}: {k}"
+        assert got[k] == pytest.approx(want[k], rel=rel, abs=1e-9), f"{where}: {k}"
 
 
 def test_format0_checkpoint_loads_through_the_zoo_with_the_same_outputs():
@@ -47,21 +47,26 @@ def test_format0_checkpoint_loads_through_the_zoo_with_the_same_outputs():
     assert torch.allclose(tr.z_stats["mu"], torch.tensor(rec["mu"]))
 
 
+# ``aligned_convs`` (fastep.nn.aligned) computes the same convolutions with padded channels: exact
+# in real arithmetic, so its float32 sums round differently (tested exact in float64 in tests/nn);
+# three steps of training carry that to ~4e-5 in the batch-summed KL. The plain networks must
+# match the recording as closely as the rest.
+@pytest.mark.parametrize("aligned, rel", [(False, REL), (True, 1e-4)], ids=["plain", "aligned_convs"])
 @pytest.mark.parametrize("approach", ["bicycle_v2", "ours_v1", "bicycle_v1", "ours_v3"])
-def test_train_step_losses_match_the_recorded_ones(approach):
+def test_train_step_losses_match_the_recorded_ones(approach, aligned, rel):
     from fastep.zoo.step.config import LossConfig, ModelConfig, TrainConfig
     from fastep.zoo.step.train_step import make_train_step
 
     torch.manual_seed(0)
     tc = TrainConfig(stage=3, approach=approach, batch_size=4, resolution=16, compile=False, amp=False,
-                     channels_last=False, seed=0, device="cpu")
+                     channels_last=False, seed=0, device="cpu", aligned_convs=aligned)
     step = make_train_step(tc, ModelConfig(resolution=16, **SMALL), "cpu",
                            loss_cfg=LossConfig.preset(approach, perceptual_backbone="random"))
     g = torch.Generator().manual_seed(1)
     for i, want in enumerate(RECORDED[approach]):
         A = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
         B = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
-        _same_losses({k: float(v) for k, v in step(A, B).items()}, want, f"{approach} step {i + 1}")
+        _same_losses({k: float(v) for k, v in step(A, B).items()}, want, f"{approach} step {i + 1}", rel)
 
 
 def _run_stage3(out, resume=False):

@@ -110,10 +110,12 @@ def _d_fake_half(d_fake: List[Tensor]) -> Tensor:
 
 class _Perceptual:
     """The step's perceptual term: the target's features once, a distance for every generated
-    image (:meth:`fastep.losses.PerceptualLoss.features` / ``distance``), times the official
-    code's activation scale (``perceptual_act_scale``^2 for mse, ^1 for l1).  The backbone comes
-    from fastep's one cache (:func:`fastep.losses.shared_perceptual_loss`); its range check (a
-    host sync) is not used."""
+    image (:meth:`fastep.losses.PerceptualLoss.distance`), times the official code's activation
+    scale (``perceptual_act_scale``^2 for mse, ^1 for l1).  The module comes from fastep's one
+    backbone cache (:func:`fastep.losses.shared_perceptual_loss`, keyed by the channels_last and
+    amp settings used here).  Features are the backbone's own call: the inputs already have the
+    step's dtype, memory format and autocast (also on the meta device of the conv census), and
+    the loss's range check (a host sync) is not used."""
 
     def __init__(self, loss_cfg: LossConfig, channels_last: bool, amp_dtype: Optional[torch.dtype],
                  device: torch.device):
@@ -124,12 +126,15 @@ class _Perceptual:
                                            loss_cfg.perceptual_distance, loss_cfg.perceptual_backbone, layers=layers,
                                            amp=amp_dtype if amp_dtype is not None else False,
                                            channels_last=channels_last, device=device)
+        if channels_last and not self.loss.vgg.channels_last:
+            self.loss.vgg.to(memory_format=torch.channels_last)
+            self.loss.vgg.channels_last = True
         p = 1 if loss_cfg.perceptual_distance == "l1" else 2
         s = loss_cfg.perceptual_act_scale
         self.scale = float(s * s if p == 2 else s)
 
     def features(self, x: Tensor) -> List[Tensor]:
-        return self.loss.features(x)
+        return self.loss.vgg(x)
 
     def distance(self, feats_x: List[Tensor], feats_y: List[Tensor]) -> Tensor:
         return self.scale * self.loss.distance(feats_x, feats_y)
