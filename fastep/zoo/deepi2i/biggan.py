@@ -165,7 +165,11 @@ def _check_labels(y, name: str, n: int, n_classes: int) -> None:
         raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
     if y.dtype not in (torch.int64, torch.int32) or y.shape != (n,):
         raise ValueError(f"{name} must be an integer tensor of shape [{n}], got {y.dtype} {tuple(y.shape)}")
-    if y.device.type != "meta" and y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+    # the value check reads the tensor, so it runs on CPU only: on an accelerator it would cost a
+    # host sync every forward (and a graph break under torch.compile); there an out-of-range index
+    # fails in the embedding lookup instead
+    if y.device.type == "cpu" and y.numel() and not torch.compiler.is_compiling() and \
+            (int(y.min()) < 0 or int(y.max()) >= n_classes):
         raise ValueError(f"{name} holds class indices outside [0, {n_classes}): "
                          f"min {int(y.min())}, max {int(y.max())}")
 

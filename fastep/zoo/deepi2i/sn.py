@@ -47,7 +47,13 @@ class SpectralNorm:
 
     def sn_weight(self) -> Tensor:
         w = self.weight
-        sigma, u = power_iteration(w.reshape(w.shape[0], -1), self.u0.to(w.dtype), self.sn_eps)
+        dev = w.device.type
+        if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+            # the estimate is kept in float32 even under bf16/fp16 autocast (it is a running state)
+            with torch.autocast(dev, enabled=False):
+                sigma, u = power_iteration(w.reshape(w.shape[0], -1).float(), self.u0.float(), self.sn_eps)
+        else:
+            sigma, u = power_iteration(w.reshape(w.shape[0], -1), self.u0.to(w.dtype), self.sn_eps)
         if self.training:
             with torch.no_grad():
                 self.u0.copy_(u)

@@ -110,6 +110,17 @@ def test_generator_block_sides_paper(paper):
     assert seen == [(24576,), (1536, 8, 8), (768, 16, 16), (384, 32, 32), (192, 64, 64), (96, 128, 128)]
 
 
+def test_discriminator_block_sides_paper(paper):
+    seen = []
+    hooks = [blk[-1].register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[1:])))
+             for blk in paper["D"].blocks]
+    paper["D"](torch.empty(2, 3, 128, 128, device="meta"), torch.zeros(2, dtype=torch.long, device="meta"))
+    for h in hooks:
+        h.remove()
+    assert seen == [(96, 64, 64), (192, 32, 32), (384, 16, 16), (768, 8, 8), (1536, 4, 4), (1536, 4, 4)]
+    assert paper["D"].cfg.taps == {32: 1, 16: 2, 8: 3, 4: 5}       # the second 4 x 4 block is the tap
+
+
 def test_64_has_three_levels():
     for preset in ("gpu", "cpu"):
         cfg = PRESETS[preset]()
@@ -223,6 +234,18 @@ def test_sn_forward_is_one_power_iteration_and_eval_stores_nothing():
     lin.train()
     lin(x)
     assert not torch.equal(lin.u0, u_before)
+
+
+def test_sn_estimate_stays_float32_under_autocast():
+    torch.manual_seed(0)
+    a, b = SNConv2d(4, 8), SNConv2d(4, 8)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 4, 6, 6)
+    a(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = b(x)
+    assert out.dtype == torch.bfloat16
+    assert b.u0.dtype == torch.float32 and torch.equal(a.u0, b.u0) and torch.equal(a.sv0, b.sv0)
 
 
 def test_sn_gradient_flows_through_sigma():
@@ -357,3 +380,17 @@ def test_build_nets_init():
     w = nets["G"].blocks[0][0].conv1.weight.detach().flatten(1)      # ortho: rows orthonormal
     torch.testing.assert_close(w @ w.t(), torch.eye(w.shape[0]), rtol=0, atol=1e-4)
     assert all(m.training for m in nets.values())
+
+
+def test_sn_layers_compile_without_graph_breaks():
+    # the power iteration and its buffer updates trace into one graph and match eager bit for bit
+    torch.manual_seed(0)
+    eager = ConditionalBatchNorm(8, 6)
+    compiled = ConditionalBatchNorm(8, 6)
+    compiled.load_state_dict(eager.state_dict())
+    x, c = torch.randn(2, 8, 4, 4), torch.randn(2, 6)
+    explained = torch._dynamo.explain(ConditionalBatchNorm(8, 6))(x, c)
+    assert explained.graph_break_count == 0
+    out = torch.compile(compiled, backend="aot_eager")(x, c)
+    assert torch.equal(out, eager(x, c))
+    assert all(torch.equal(a, b) for a, b in zip(eager.buffers(), compiled.buffers()))
