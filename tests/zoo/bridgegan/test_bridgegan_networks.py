@@ -208,3 +208,22 @@ def test_loading_a_bridgegan_checkpoint_is_a_clear_error():
     Ckpt.configs = {"model": {"resolution": 64, "colour": 1}}
     with pytest.raises(CheckpointError, match="unknown BridgeGAN model config key 'colour'"):
         config_from_checkpoint(Ckpt())
+
+
+def test_bf16_autocast_forward_is_finite_and_close():
+    cfg = BridgeConfig.tiny()
+    nets = build_networks(cfg)
+    R = cfg.resolution
+    x = torch.rand(2, 3, R, R) * 2 - 1
+    delta = torch.zeros(2, cfg.n_attrs)
+    delta[:, 0] = 1
+    r = torch.randn(2, cfg.noise_dim)
+    with torch.no_grad():
+        ref = nets["G"](x, nets["M"](r, delta) + nets["E"](x, -delta))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = nets["G"](x, nets["M"](r, delta) + nets["E"](x, -delta))
+            adv, cls = nets["D"](out)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all() and torch.isfinite(adv).all()
+    # bf16 keeps ~3 significant digits per layer; over G's ~25 layers single pixels drift by up to
+    # ~0.15 (measured), the mean by ~0.005
+    assert (out.float() - ref).abs().mean() < 0.03
