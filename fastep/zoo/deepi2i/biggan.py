@@ -197,7 +197,8 @@ class Generator(nn.Module):
                 layers.append(SelfAttention(cout, cfg.sn_eps))
             blocks.append(nn.ModuleList(layers))
         self.blocks = nn.ModuleList(blocks)
-        self.output_layer = nn.Sequential(BatchNorm(cfg.g_out[-1], cfg.bn_eps), nn.ReLU(),
+        # BigGAN's output norm keeps batch norm's default eps whatever bn_eps says (checkpoints rely on it)
+        self.output_layer = nn.Sequential(BatchNorm(cfg.g_out[-1], 1e-5), nn.ReLU(),
                                           SNConv2d(cfg.g_out[-1], 3, eps=cfg.sn_eps))
         self.fusion_weights: Dict[int, float] = cfg.fusion_weights
 

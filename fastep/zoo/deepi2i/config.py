@@ -64,7 +64,8 @@ class DeepI2IConfig:
         shared_dim: size of the shared class embedding.
         g_attention, d_attention: sides after whose block a self-attention layer sits.
         sn_eps: epsilon of the spectral-norm power iteration's normalisations.
-        bn_eps: epsilon of every batch norm.
+        bn_eps: epsilon of the generator's conditional batch norms (its output layer's plain
+            batch norm keeps 1e-5, as in BigGAN).
         init: initialisation of fresh G, D and encoder layers (one of :data:`INITS`).
         adaptor_init: initialisation of the adaptor (``default``: PyTorch's, as when the
             adaptor is added to a pretrained BigGAN).

@@ -278,7 +278,7 @@ def _apply_class_map(sd: Dict[str, Tensor], keys: Sequence[str], u_key: Optional
 
 def load_biggan(folder: PathLike, config: Optional[DeepI2IConfig] = None, *, generator: str = "ema",
                 class_map: Union[None, str, Sequence[int], Tensor] = None, reinit_embedding: bool = False,
-                device: Union[str, torch.device] = "cpu") -> BigGANWeights:
+                read_state: bool = True, device: Union[str, torch.device] = "cpu") -> BigGANWeights:
     """Read a BigGAN-PyTorch folder into fastep's BigGAN networks, strictly.
 
     Args:
@@ -290,6 +290,9 @@ def load_biggan(folder: PathLike, config: Optional[DeepI2IConfig] = None, *, gen
             ``"first"`` or one checkpoint row per class; applied to G's ``shared`` and D's
             ``embed`` (rows of the table and of its ``u0``).
         reinit_embedding: start both class embeddings fresh (``config.init``) instead.
+        read_state: ``False`` ignores ``state_dict.pth`` (then ``config`` is required and
+            ``itr``/``epoch`` are 0): for folders whose ``state_dict.pth`` pickles objects of an
+            old PyTorch that ``weights_only`` loading refuses.
         device: where the networks live.
 
     Raises:
@@ -302,8 +305,14 @@ def load_biggan(folder: PathLike, config: Optional[DeepI2IConfig] = None, *, gen
     _check_folder(folder, g_file)
     state: Dict[str, Any] = {}
     state_path = folder / "state_dict.pth"
-    if state_path.is_file():
-        loaded = _torch_load(state_path, "cpu", allow=(nn.ReLU,))  # BigGAN-PyTorch pickles its activation module
+    if not read_state and config is None:
+        raise BigGANFormatError("read_state=False needs config= (the networks the weights are for)")
+    if read_state and state_path.is_file():
+        try:
+            loaded = _torch_load(state_path, "cpu", allow=(nn.ReLU,))  # BigGAN-PyTorch pickles its activation
+        except BigGANFormatError as err:
+            raise BigGANFormatError(f"{err}; to load the weights without it pass config= and "
+                                    f"read_state=False") from None
         if not isinstance(loaded, Mapping):
             raise BigGANFormatError(f"{state_path}: expected a dict (itr, epoch, config), got {type(loaded).__name__}")
         state = _plain(dict(loaded))

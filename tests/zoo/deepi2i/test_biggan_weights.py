@@ -181,7 +181,11 @@ def test_state_dict_with_pickled_objects(folder, tmp_path):
     assert w.run_config["G_activation"] == "ReLU" and w.itr == 1234
     run["config"]["G_activation"] = nn.Tanh()              # anything else is refused, never unpickled
     torch.save(run, tmp_path / "state_dict.pth")
-    _one_line_error(lambda: load_biggan(tmp_path), "state_dict.pth", "torch.nn.modules.activation.Tanh", "refused")
+    _one_line_error(lambda: load_biggan(tmp_path), "state_dict.pth", "torch.nn.modules.activation.Tanh", "refused",
+                    "read_state=False")
+    w = load_biggan(tmp_path, PRESETS["cpu"](), read_state=False)
+    assert w.itr == 0 and _same(w.D.state_dict(), folder[2].state_dict())
+    _one_line_error(lambda: load_biggan(tmp_path, read_state=False), "needs config=")
 
 
 # ----------------------------------------------------------------------------- class counts

@@ -394,3 +394,9 @@ def test_sn_layers_compile_without_graph_breaks():
     out = torch.compile(compiled, backend="aot_eager")(x, c)
     assert torch.equal(out, eager(x, c))
     assert all(torch.equal(a, b) for a, b in zip(eager.buffers(), compiled.buffers()))
+
+
+def test_bn_eps_reaches_the_conditional_norms_only():
+    G = Generator(DeepI2IConfig(**{**PRESETS["cpu"]().__dict__, "bn_eps": 1e-4}))
+    assert {G.blocks[0][0].bn1.eps, G.blocks[-1][0].bn2.eps} == {1e-4}
+    assert G.output_layer[0].eps == 1e-5
