@@ -26,11 +26,16 @@ Then the three Adams step (fused on CUDA), the EMA of G and E is updated with
 ``torch._foreach_lerp_``, and the step count advances.  Stage 2 freezes E (``requires_grad``
 off; it is bit-identical afterwards); stage 3 trains G, E and D.
 
-Speed: ``TrainConfig.compile`` wraps the forward function in ``torch.compile(fullgraph=True)``
-(AOTAutograd compiles its backward too; no graph breaks), ``amp`` runs it under bf16 autocast
-(norms, losses and the code in float32), ``channels_last`` converts nets and inputs, ``fused_adam``
-uses ``torch.optim.Adam(fused=True)`` on CUDA, ``cuda_graphs`` compiles with
-``mode="reduce-overhead"``.  The learning rate changes through ``set_lr_scale(s)`` by editing
+Speed: ``TrainConfig.compile`` compiles with ``torch.compile(fullgraph=True)`` (AOTAutograd
+compiles the backward too; no graph breaks): with ``compile_scope="network"`` (default) every
+network call of the forward -- G.encode, G.decode, E, D, D/G/E through other parameters, the
+VGG backbone -- is its own graph (the same graphs in every approach, so approaches share them
+through the on-disk cache, :mod:`fastep.compiler`); ``"step"`` compiles the whole forward as one
+graph.  ``amp`` runs it under bf16 autocast (norms, losses and the code in float32),
+``channels_last`` converts nets and inputs, ``aligned_convs`` turns on the networks' exact conv
+rewrites (:mod:`fastep.nn.aligned`), ``fused_adam`` uses ``torch.optim.Adam(fused=True)`` on
+CUDA, ``cuda_graphs`` compiles with ``mode="reduce-overhead"`` (the batch is copied into static
+buffers), ``combo_kernels`` passes inductor's combo-kernel option.  The learning rate changes through ``set_lr_scale(s)`` by editing
 the param groups (outside the compiled region: no recompiles).
 ``TrainConfig(eager_fp32=True)`` is the plain-PyTorch baseline: no compile, float32,
 channels-first, non-fused Adam, and every fastep op on its reference backend
