@@ -206,3 +206,27 @@ def test_celeba_malformed_files(tmp_path):
     with pytest.warns(BadImageWarning, match="2 missing from img_align_celeba/"):
         with pytest.raises(LabelError, match="no usable images"):
             CelebAAttributes(root3, CHOSEN, split="all")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda ln: ln + " 1", "expected a file name and 8 values, got 10 fields"),
+    (lambda ln: ln.split()[0], "expected a file name and 8 values, got 1 fields"),
+    (lambda ln: ln.replace("-1", "x", 1), "values must be 1 or -1"),
+    (lambda ln: ln.replace("-1", "1.0", 1), "values must be 1 or -1"),
+])
+def test_celeba_bad_lines_are_named(tmp_path, edit, message):
+    root = _celeba(tmp_path, ROWS, write_images=False)
+    p = root / "list_attr_celeba.txt"
+    text = p.read_text().splitlines()
+    text[5] = edit(text[5])
+    p.write_text("\n".join(text) + "\n")
+    with pytest.raises(LabelError, match=f"list_attr_celeba.txt:6: {message}") as e:
+        read_celeba_attributes(p)
+    _one_line(e)
+
+
+def test_celeba_empty_table(tmp_path):
+    p = tmp_path / "list_attr_celeba.txt"
+    p.write_text("0\nYoung Male\n")
+    names, files, vals = read_celeba_attributes(p)
+    assert names == ["Young", "Male"] and files == [] and vals.shape == (0, 2)
