@@ -316,7 +316,8 @@ def cmd_summary(out: Path) -> int:
                 continue
             lines.append(f"| {r['impl']} | {r['s_per_kimg']:.3f} | {r['median_s'] * 1e3:.2f} | "
                          f"{r['first_call_s']:.1f} | {r.get('cuda_kernels_per_step', '-')} | "
-                         f"{r.get('kernels_total', '-')} | {r.get('peak_mem_gib', float('nan')):.2f} |")
+                         f"{r.get('kernels_total', '-')} | "
+                         + (f"{r['peak_mem_gib']:.2f}" if r.get("peak_mem_gib") is not None else "-") + " |")
         for fast in ("fast", "fast_graphs", "eager_bf16"):
             for ref in ("eager_fp32", "eager_bf16"):
                 if fast in base and ref in base and fast != ref:
@@ -341,7 +342,7 @@ def cmd_summary(out: Path) -> int:
             if "median_s" in r or "median" in r:
                 med = r.get("median_s", r.get("median"))
                 lines.append(f"- {r.get('group', '')} {r.get('case', '')} {r.get('impl', '')}: "
-                             f"{float(med) * 1e3:.3f} ms" + (f", {r['tflops']:.1f} TFLOP/s" if r.get("tflops") else ""))
+                             f"{float(med) * 1e3:.3f} ms" + (f", {r['tflops']:.3g} TFLOP/s" if r.get("tflops") else ""))
         lines.append("")
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
