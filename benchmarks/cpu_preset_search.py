@@ -94,7 +94,7 @@ def main(argv=None) -> int:
 
         from fastep.eval.oracle import oracle_path, quick_report
 
-        cached = Path(a.out).parent / f"oracle-r{a.res}-n{a.n_train}-{a.n_val}.pt"
+        cached = Path(a.out).parent / f"oracle-r{a.res}-v{a.n_val}.pt"
         if cached.is_file() and not oracle_path(summary["data"]).is_file():
             shutil.copy(cached, oracle_path(summary["data"]))
 

@@ -332,7 +332,10 @@ def load_or_train_oracle(root: Union[str, Path], cfg: OracleConfig = OracleConfi
 
     styles = BuiltinStyles.load(root)
     path = oracle_path(root)
-    key = {"version": _ORACLE_VERSION, "data": dict(styles.params), "cfg": asdict(cfg)}
+    # the oracle trains on the train split's stream, not on the data set's training files: it
+    # depends on the renderer's seed and resolution and the validation split it is measured on
+    data_key = {k: styles.params[k] for k in ("resolution", "seed", "n_val")}
+    key = {"version": _ORACLE_VERSION, "data": data_key, "cfg": asdict(cfg)}
     if path.is_file():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)

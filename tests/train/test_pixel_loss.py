@@ -53,3 +53,27 @@ def test_named_perceptual_layers_stop_early():
         LossConfig(perceptual_layers=("relu1_2",), perceptual_weights=(1.0, 1.0))
     with pytest.raises(ValueError, match="lambda_pixel"):
         LossConfig(lambda_pixel=-1.0)
+
+
+def test_texture_term_is_the_gram_distance_and_ignores_where_the_pattern_falls():
+    from fastep.ops.gram import gram
+
+    step = _step(lambda_texture=1e6, perceptual_layers=("relu1_2", "relu2_2"), perceptual_weights=(1.0, 0.5))
+    A, B = _batch()
+    P = step.perceptual
+    with torch.no_grad():
+        fake = step.G(A, step.E(B))
+        fx, fy = P.features(fake), P.features(B)
+        expect = sum(w * (gram(a) - gram(b)).square().mean() for w, a, b in zip((1.0, 0.5), fx, fy))
+    out = step(A, B)
+    assert float(out["texture"]) == pytest.approx(float(expect), rel=1e-4)
+    # stripes moved by half a period: (nearly) the same Gram statistics, very different pixels
+    x = torch.arange(RES).float()
+    stripes = torch.sin(x * 3.14159 / 2).sign().view(1, 1, 1, RES).expand(1, 3, RES, RES) * 0.5
+    shifted = stripes.roll(2, 3)
+    flat = torch.zeros_like(stripes)
+    with torch.no_grad():
+        fs = P.features(stripes)
+        d_shift = float(P.texture_distance(P.features(shifted), fs))
+        d_flat = float(P.texture_distance(P.features(flat), fs))
+    assert d_shift < 0.1 * d_flat

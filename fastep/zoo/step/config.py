@@ -172,6 +172,10 @@ class LossConfig:
     ``lambda_pixel * mean|G(A, E(B)) - B|`` (images in [-1, 1]) to the direct reconstruction:
     offline the perceptual loss runs on a random-weight VGG, and at CPU scale that alone does not
     pull colours and layout into place (see the README's CPU preset section).
+    ``lambda_texture`` (not in the paper; default 0) adds a Gram-matrix texture term on the same
+    backbone's layers, ``lambda_texture * sum_l w_l mean((gram(F_l(G(A, E(B)))) - gram(F_l(B)))^2)``:
+    unlike the pixel and perceptual distances it does not depend on where a texture's stripes or
+    dots fall (random-weight convolutions still give usable Gram statistics).
     """
 
     dir_recon: bool = True
@@ -198,12 +202,13 @@ class LossConfig:
     perceptual_backbone: str = "imagenet"
     perceptual_layers: Optional[Tuple[str, ...]] = None
     lambda_pixel: float = 0.0
+    lambda_texture: float = 0.0
     name: str = "custom"
 
     def __post_init__(self):
         _bools(self, *LOSS_FLAGS)
         _positive(self, "lambda_gan", "lambda_rec", "lambda_z_l2", "lambda_z_kl", "lambda_z_recon",
-                  "lambda_pixel", allow_zero=True)
+                  "lambda_pixel", "lambda_texture", allow_zero=True)
         if self.perceptual_layers is not None:
             if isinstance(self.perceptual_layers, (list, str)):
                 self.perceptual_layers = (tuple(self.perceptual_layers) if isinstance(self.perceptual_layers, list)

@@ -67,7 +67,7 @@ __all__ = ["TrainStep", "make_train_step", "step_conv_census", "LOSS_KEYS", "Los
 
 #: keys of the dict a step returns (always all of them; terms that are off are 0)
 LOSS_KEYS = ("loss_d", "loss_d_real", "loss_d_fake", "loss_g", "loss_g2", "g_gan", "g2_gan", "rec", "cyc",
-             "z_recon", "z_l2", "z_kl", "pixel")
+             "z_recon", "z_l2", "z_kl", "pixel", "texture", "cyc_pixel")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -140,6 +140,19 @@ class _Perceptual:
 
     def features(self, x: Tensor) -> List[Tensor]:
         return self.loss.vgg(x)
+
+    def texture_distance(self, feats_x: List[Tensor], feats_y: List[Tensor]) -> Tensor:
+        """Weighted mean squared difference of the layers' Gram matrices (fastep.ops.gram): a
+        texture statistic that does not depend on where a pattern's stripes or dots fall."""
+        from ...ops.gram import gram
+
+        total = None
+        for w, fx, fy in zip(self.loss.weights, feats_x, feats_y):
+            if w == 0:
+                continue
+            d = (gram(fx.float()) - gram(fy.float())).square().mean() * w
+            total = d if total is None else total + d
+        return total if total is not None else feats_x[0].new_zeros(())
 
     def distance(self, feats_x: List[Tensor], feats_y: List[Tensor]) -> Tensor:
         return self.scale * self.loss.distance(feats_x, feats_y)
@@ -540,6 +553,8 @@ class _Pass:
     d_frozen: Dict[str, Tensor]  #: D's parameters, detached (G's GAN terms do not train D)
     d_fakes: List[List[Tensor]] = field(default_factory=list)  #: D on each kind of (detached) fake
     target: Optional[List[Tensor]] = None  #: perceptual features of B, computed once
+    fake_features: Optional[List[Tensor]] = None  #: perceptual features of G(A, E(B)), computed once
+    cyc_img: Optional[Tensor] = None  #: the cross-cycle reconstruction, computed once
     z_rand: Optional[Tensor] = None
     fake_rand: Optional[Tensor] = None
 
@@ -551,10 +566,22 @@ def _target_features(step: "TrainStep", p: _Pass) -> List[Tensor]:
     return p.target
 
 
+def _fake_features(step: "TrainStep", p: _Pass) -> List[Tensor]:
+    if p.fake_features is None:
+        p.fake_features = step._nets.features(p.fake)
+    return p.fake_features
+
+
 def _dir_recon(step: "TrainStep", p: _Pass) -> Tensor:
     """Perceptual distance of G(A, E(B)) to B."""
     target = _target_features(step, p)
-    return step.perceptual.distance(step._nets.features(p.fake), target)
+    return step.perceptual.distance(_fake_features(step, p), target)
+
+
+def _texture(step: "TrainStep", p: _Pass) -> Tensor:
+    """Gram-matrix distance of G(A, E(B)) to B on the perceptual backbone's layers."""
+    target = _target_features(step, p)
+    return step.perceptual.texture_distance(_fake_features(step, p), target)
 
 
 def _pixel(step: "TrainStep", p: _Pass) -> Tensor:
@@ -568,9 +595,10 @@ def _gan_direct(step: "TrainStep", p: _Pass) -> Tensor:
     return lsgan_g_loss(step._nets.D_with(p.d_frozen, p.A, p.fake))
 
 
-def _cyc_recon(step: "TrainStep", p: _Pass) -> Tensor:
+def _cycle_image(step: "TrainStep", p: _Pass) -> Tensor:
     """Cross-cycle: image i takes the code of image i-1, is re-encoded, takes its code back."""
-    target = _target_features(step, p)
+    if p.cyc_img is not None:
+        return p.cyc_img
     cfg, nets = step.loss_cfg, step._nets
     swap = nets.decode(p.feats, p.z.roll(1, 0))
     if cfg.needs_logvar:
@@ -579,8 +607,19 @@ def _cyc_recon(step: "TrainStep", p: _Pass) -> Tensor:
         z_back = mu2 + p.noise["eps_cyc"] * torch.exp(0.5 * logvar2) if cfg.vae else mu2
     else:
         z_back = nets.E(swap).float()
-    cyc_img = nets.decode(p.feats, z_back.roll(-1, 0))
-    return step.perceptual.distance(nets.features(cyc_img), target)
+    p.cyc_img = nets.decode(p.feats, z_back.roll(-1, 0))
+    return p.cyc_img
+
+
+def _cyc_recon(step: "TrainStep", p: _Pass) -> Tensor:
+    """Perceptual distance of the cross-cycle reconstruction to B."""
+    target = _target_features(step, p)
+    return step.perceptual.distance(step._nets.features(_cycle_image(step, p)), target)
+
+
+def _cyc_pixel(step: "TrainStep", p: _Pass) -> Tensor:
+    """L1 of the cross-cycle reconstruction to B (the cycle reconstructs B too)."""
+    return (_cycle_image(step, p).float() - p.B.float()).abs().mean()
 
 
 def _z_l2(step: "TrainStep", p: _Pass) -> Tensor:
@@ -630,7 +669,9 @@ G_TERMS: Tuple[LossTerm, ...] = (
     LossTerm("rec", lambda c: c.dir_recon and c.lambda_rec > 0, lambda c: c.lambda_rec, _dir_recon),
     LossTerm("pixel", lambda c: c.dir_recon and c.lambda_pixel > 0, lambda c: c.lambda_pixel, _pixel),
     LossTerm("g_gan", lambda c: c.d_dir, lambda c: c.lambda_gan, _gan_direct),
+    LossTerm("texture", lambda c: c.dir_recon and c.lambda_texture > 0, lambda c: c.lambda_texture, _texture),
     LossTerm("cyc", lambda c: c.cyc_recon and c.cyc_weight > 0, lambda c: c.cyc_weight, _cyc_recon),
+    LossTerm("cyc_pixel", lambda c: c.cyc_recon and c.lambda_pixel > 0, lambda c: c.lambda_pixel, _cyc_pixel),
     LossTerm("z_l2", lambda c: c.z_l2, lambda c: c.lambda_z_l2, _z_l2),
     LossTerm("z_kl", lambda c: c.z_kl, lambda c: c.lambda_z_kl, _z_kl),
 )
