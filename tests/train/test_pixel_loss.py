@@ -77,3 +77,18 @@ def test_texture_term_is_the_gram_distance_and_ignores_where_the_pattern_falls()
         d_shift = float(P.texture_distance(P.features(shifted), fs))
         d_flat = float(P.texture_distance(P.features(flat), fs))
     assert d_shift < 0.1 * d_flat
+
+
+def test_cycle_reconstruction_gets_the_pixel_term_too():
+    tc = TrainConfig(stage=3, approach="ours_v1", batch_size=2, resolution=RES, device="cpu", compile=False)
+    lc = LossConfig.preset("ours_v1", perceptual_backbone="random", lambda_rec=0.0, lambda_pixel=2.0)
+    step = make_train_step(tc, ModelConfig.tiny(resolution=RES), "cpu", loss_cfg=lc)
+    A, B = _batch()
+    with torch.no_grad():
+        z = step.E(B)
+        direct = (step.G(A, z) - B).abs().mean()
+        cycle = (step.G(A, step.E(step.G(A, z.roll(1, 0))).roll(-1, 0)) - B).abs().mean()
+    out = step(A, B)
+    assert float(out["pixel"]) == pytest.approx(float(direct), rel=1e-4)
+    assert float(out["cyc_pixel"]) == pytest.approx(float(cycle), rel=1e-4)
+    assert float(out["cyc"]) == 0.0  # no perceptual cycle term at lambda_rec = 0

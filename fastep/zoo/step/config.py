@@ -171,7 +171,8 @@ class LossConfig:
     ``lambda_pixel`` (not in the paper; default 0) adds a pixel-space L1 term
     ``lambda_pixel * mean|G(A, E(B)) - B|`` (images in [-1, 1]) to the direct reconstruction:
     offline the perceptual loss runs on a random-weight VGG, and at CPU scale that alone does not
-    pull colours and layout into place (see the README's CPU preset section).
+    pull colours and layout into place (see the README's CPU preset section).  With
+    ``cyc_recon`` the cycle reconstruction gets the same pixel term.
     ``lambda_texture`` (not in the paper; default 0) adds a Gram-matrix texture term on the same
     backbone's layers, ``lambda_texture * sum_l w_l mean((gram(F_l(G(A, E(B)))) - gram(F_l(B)))^2)``:
     unlike the pixel and perceptual distances it does not depend on where a texture's stripes or

@@ -110,7 +110,7 @@ def _configs(run: RunConfig, stage: str, device: torch.device, kimg: Optional[fl
     """The model, loss and training configs of one stage, all derived from the run config."""
     from .config import LossConfig, TrainConfig
 
-    loss_cfg = LossConfig.preset(run.approach, perceptual_backbone=_resolve_vgg_weights(run.vgg_weights))
+    loss_cfg = run.loss_config(perceptual_backbone=_resolve_vgg_weights(run.vgg_weights))
     model_cfg = run.model
     if loss_cfg.needs_logvar and not model_cfg.e_logvar:
         model_cfg = dataclasses.replace(model_cfg, e_logvar=True)  # VAE / KL approaches need the log-variance head
@@ -120,7 +120,7 @@ def _configs(run: RunConfig, stage: str, device: torch.device, kimg: Optional[fl
                             compile=run.compile, amp=run.amp, channels_last=run.channels_last,
                             cuda_graphs=run.cuda_graphs, device=str(device), seed=run.seed, out_dir=str(run.out),
                             num_workers=run.workers, log_every=run.log_every,
-                            ckpt_every_kimg=run.ckpt_every or kimg or 1.0, keep_ckpts=run.keep)
+                            ckpt_every_kimg=run.ckpt_every or kimg or 1.0, keep_ckpts=run.keep, ema=run.ema)
     return model_cfg, loss_cfg, train_cfg
 
 
@@ -150,7 +150,8 @@ def run_stage1(root: Path, run: RunConfig, device: torch.device) -> Dict[str, An
         ds = _dataset(root, run, augment=False)
         images_u8, _ = ds.stack_images("B", resolution=run.model.resolution)
         cfg = s1.Stage1Config(epochs=run.stage1_epochs, seed=run.seed,
-                              vgg_weights=_resolve_vgg_weights(run.vgg_weights))
+                              vgg_weights=_resolve_vgg_weights(run.vgg_weights),
+                              **({"style_layers": run.mining_layers} if run.mining_layers else {}))
         t0 = time.perf_counter()
         _log(f"fastep: stage 1: mining style neighbours of {len(images_u8)} images")
         neighbours = s1.mine_triplets_from_images(images_u8, cfg, device)
