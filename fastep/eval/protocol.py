@@ -21,6 +21,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from fastep.zoo.step.config import APPROACHES
+
 from . import figures
 from .evaluate import EvalConfig, _val_tensors, evaluate_checkpoint, make_lpips, markdown_report, reconstruction
 
@@ -29,7 +31,7 @@ def _lpips_curve(run_dir: Path, data_root: Path, cfg: EvalConfig, device, lpips)
     """Validation LPIPS of every kept checkpoint of stages 2 and 3, on one kimg axis."""
     from fastep.train.checkpoint import load_checkpoint, load_models
 
-    points, boundaries, offset = [], {}, 0.0
+    points, psnr_points, boundaries, offset = [], [], {}, 0.0
     for stage in ("2", "3"):
         ckpts = sorted((run_dir / f"stage{stage}" / "checkpoints").glob("*.pt"))
         if not ckpts:
@@ -43,9 +45,10 @@ def _lpips_curve(run_dir: Path, data_root: Path, cfg: EvalConfig, device, lpips)
             val = _val_tensors(data_root, int(mcfg.resolution), cfg.max_recon)
             r = reconstruction(G, E, val["A"], val["B"], lpips, batch_size=cfg.batch_size, device=device)
             points.append((offset + kimg, r["lpips"]))
+            psnr_points.append((offset + kimg, r["psnr"]))
             last = max(last, kimg)
         offset += last
-    return {"points": points, "boundaries": boundaries}
+    return {"points": points, "psnr_points": psnr_points, "boundaries": boundaries}
 
 
 @torch.no_grad()
@@ -79,14 +82,83 @@ def _figures(run_dir: Path, data_root: Path, device, out_dir: Path) -> Dict[str,
     return {k: str(v) for k, v in made.items()}
 
 
+#: The protocol's ablation rows: Ours v3 with one deviation of the CPU preset from the paper undone.
+ABLATIONS = {
+    "no_pixel": {"loss.lambda_pixel": 0.0},
+    "no_texture": {"loss.lambda_texture": 0.0},
+    "paper_loss": {"loss.lambda_pixel": 0.0, "loss.lambda_texture": 0.0, "loss.lambda_rec": 0.02,
+                   "loss.perceptual_layers": None, "loss.perceptual_weights": [1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0]},
+    "ema_0999": {"ema": 0.999},
+}
+
+
+def _variants(approaches: Sequence[str], ablations: Sequence[str]) -> List[tuple]:
+    out = [(a, a, {}) for a in approaches]
+    for name in ablations:
+        if name not in ABLATIONS:
+            raise ValueError(f"ablations: unknown {name!r}; valid: {', '.join(ABLATIONS)}")
+        out.append((f"ours_v3-{name}", "ours_v3", ABLATIONS[name]))
+    return out
+
+
+def _time_per_kimg(run_dir: Path) -> Optional[float]:
+    """Seconds per kimg of stages 2 + 3 (from the run's metrics.json)."""
+    try:
+        st = json.loads((run_dir / "metrics.json").read_text())["stages"]
+        wall = sum(float(st[k]["wall_s"]) for k in ("2", "3") if k in st)
+        kimg = sum(float(st[k]["kimg"]) for k in ("2", "3") if k in st)
+        return wall / kimg if kimg else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def table4(report: Dict[str, object]) -> str:
+    """The paper's Table 4 at this scale, from the oracle metrics of every approach and ablation."""
+    cols = ["approach", "palette", "gradient", "texture", "content IoU", "PSNR", "LPIPS", "diversity (mapper)",
+            "bad samples mapper", "bad samples N(mu, sigma)", "s / kimg"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    base = None
+    for name, entry in report["approaches"].items():
+        o = entry["final"].get("oracle")
+        if not o:
+            continue
+        t, r, smp = o["transfer"]["model"], o["reconstruction"]["model"], o.get("sampling", {})
+        base = o
+        spk = entry.get("s_per_kimg")
+        lines.append("| " + " | ".join([
+            name, f"{t['palette']:.1%}", f"{t['gradient']:.1%}", f"{t['texture']:.1%}", f"{t['iou']:.3f}",
+            f"{r['psnr']:.2f}", f"{r.get('lpips', float('nan')):.4f}",
+            f"{smp.get('mapper', {}).get('lpips_diversity', float('nan')):.4f}",
+            f"{smp.get('mapper', {}).get('bad_share', float('nan')):.0%}",
+            f"{smp.get('gaussian', {}).get('bad_share', float('nan')):.0%}",
+            "-" if spk is None else f"{spk:.1f}"]) + " |")
+    if base is not None:
+        for label, key in (("flat mean colour (baseline)", "flat_mean_colour"), ("real images (ceiling)", "ceiling_real")):
+            t, r = base["transfer"][key], base["reconstruction"][key]
+            smp = base.get("sampling", {}).get(key, {})
+            lines.append("| " + " | ".join([
+                label, f"{t['palette']:.1%}", f"{t['gradient']:.1%}", f"{t['texture']:.1%}", f"{t['iou']:.3f}",
+                f"{r['psnr']:.2f}", f"{r.get('lpips', float('nan')):.4f}",
+                f"{smp.get('lpips_diversity', float('nan')):.4f}", f"{smp.get('bad_share', float('nan')):.0%}",
+                "", ""]) + " |")
+    return "\n".join(lines)
+
+
 def run_protocol(out: str | Path, approaches: Sequence[str] = ("ours_v3", "bicycle_v1"), *, device: str = "cpu",
                  eval_cfg: Optional[EvalConfig] = None, pipeline_overrides: Optional[dict] = None,
-                 n_train: int = 192, n_val: int = 64, resolution: int = 64, seed: int = 0) -> Dict[str, object]:
-    """Train and evaluate every approach; return (and write) the protocol report."""
+                 n_train: Optional[int] = None, n_val: Optional[int] = None, resolution: Optional[int] = None,
+                 seed: int = 0, ablations: Sequence[str] = ()) -> Dict[str, object]:
+    """Train and evaluate every approach (and each ablation of Ours v3 named in ``ablations``,
+    see :data:`ABLATIONS`); return (and write) the protocol report.  Sizes default to the CPU
+    run preset's."""
     from fastep.data import make_builtin_dataset
     from fastep.zoo.step.pipeline import run_pipeline
-    from fastep.zoo.step.run_config import resolve_run_config
+    from fastep.zoo.step.run_config import PRESETS, resolve_run_config
 
+    cpu = PRESETS["cpu"]
+    n_train = n_train or cpu["n_train"]
+    n_val = n_val or cpu["n_val"]
+    resolution = resolution or cpu["model"]["resolution"]
     out = Path(out)
     cfg = eval_cfg or EvalConfig(n_inputs=min(100, n_val), lpips_weights="random")
     data_root = make_builtin_dataset(out / "data", n_train=n_train, n_val=n_val, resolution=resolution, seed=seed)
@@ -94,30 +166,36 @@ def run_protocol(out: str | Path, approaches: Sequence[str] = ("ours_v3", "bicyc
     lpips = make_lpips(cfg.lpips_net, cfg.lpips_weights, dev)
     report: Dict[str, object] = {"data": str(data_root), "eval_config": dataclasses.asdict(cfg), "approaches": {}}
     rows, names = [], []
-    for approach in approaches:
-        run_dir = out / approach
+    for name, approach, variant in _variants(approaches, ablations):
+        run_dir = out / name
         opts = resolve_run_config(None, {"out": str(run_dir), "data": str(data_root), "approach": approach,
                                          "device": device, "model.resolution": resolution, "n_train": n_train,
                                          "n_val": n_val, "seed": seed, "keep": 1000, "resume": True,
-                                         **(pipeline_overrides or {})})
+                                         **(pipeline_overrides or {}), **variant})
         if not (run_dir / "final.pt").is_file():
             run_pipeline(opts)
         entry: Dict[str, object] = {"final": evaluate_checkpoint(run_dir / "final.pt", data_root, cfg, dev)}
+        entry["s_per_kimg"] = _time_per_kimg(run_dir)
         rows.append(entry["final"])
-        names.append(f"{approach} (final)")
-        if (run_dir / "stage1" / "final.pt").is_file():
+        names.append(f"{name} (final)")
+        if (run_dir / "stage1" / "final.pt").is_file() and not variant:
             entry["after_stage1"] = evaluate_checkpoint(run_dir / "stage1" / "final.pt", data_root, cfg, dev)
             rows.append(entry["after_stage1"])
-            names.append(f"{approach} (E after stage 1)")
+            names.append(f"{name} (E after stage 1)")
         curve = _lpips_curve(run_dir, data_root, cfg, dev, lpips)
         entry["lpips_curve"] = curve
         if curve["points"]:
-            figures.curve_plot(curve["points"], out / approach / "figures" / "val_lpips.png",
-                               boundaries=curve["boundaries"])
+            figures.curve_plot(curve["points"], out / name / "figures" / "val_lpips.png",
+                               boundaries=curve["boundaries"], title=f"{name}: validation LPIPS across training")
+            figures.curve_plot(curve["psnr_points"], out / name / "figures" / "val_psnr.png",
+                               boundaries=curve["boundaries"], ylabel="validation PSNR (dB)",
+                               title=f"{name}: validation PSNR across training")
         entry["figures"] = _figures(run_dir, data_root, dev, run_dir / "figures")
-        report["approaches"][approach] = entry
+        report["approaches"][name] = entry
     table = markdown_report(rows, names)
     report["table"] = table
+    report["table4"] = table4(report)
+    table = f"{table}\n\n## Table 4 at this scale (style oracle)\n\n{report['table4']}"
     (out / "protocol.json").write_text(json.dumps(report, indent=2, default=str))
     note = ("LPIPS uses a seeded random AlexNet backbone (no ImageNet weights offline); compare LPIPS "
             "values only within this table.\n\n" if cfg.lpips_weights == "random" else "")
@@ -128,19 +206,23 @@ def run_protocol(out: str | Path, approaches: Sequence[str] = ("ours_v3", "bicyc
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fastep.eval.protocol", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/protocol")
-    p.add_argument("--approaches", nargs="+", default=["ours_v3", "bicycle_v1"])
+    p.add_argument("--approaches", nargs="+", default=list(APPROACHES),
+                   help="approaches of the paper's Table 4 (default: all six)")
+    p.add_argument("--ablations", nargs="*", default=list(ABLATIONS),
+                   help=f"Ours v3 with one CPU-preset deviation undone: {', '.join(ABLATIONS)} (default: all)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--n-train", type=int, default=192)
-    p.add_argument("--n-val", type=int, default=64)
-    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--n-train", type=int, default=None, help="default: the cpu preset's")
+    p.add_argument("--n-val", type=int, default=None, help="default: the cpu preset's")
+    p.add_argument("--resolution", type=int, default=None, help="default: the cpu preset's")
     p.add_argument("--lpips-weights", default="random")
     p.add_argument("--stage2-kimg", type=float, default=None)
     p.add_argument("--stage3-kimg", type=float, default=None)
     args = p.parse_args(argv)
     overrides = {k: v for k, v in (("stage2_kimg", args.stage2_kimg), ("stage3_kimg", args.stage3_kimg)) if v}
-    cfg = EvalConfig(n_inputs=min(100, args.n_val), lpips_weights=args.lpips_weights)
+    cfg = EvalConfig(n_inputs=min(100, args.n_val or 100), lpips_weights=args.lpips_weights)
     report = run_protocol(args.out, args.approaches, device=args.device, eval_cfg=cfg, pipeline_overrides=overrides,
-                          n_train=args.n_train, n_val=args.n_val, resolution=args.resolution)
+                          n_train=args.n_train, n_val=args.n_val, resolution=args.resolution,
+                          ablations=args.ablations)
     print(report["table"])
     print(f"wrote {Path(args.out) / 'protocol.json'} and protocol.md", file=sys.stderr)
     return 0

@@ -20,11 +20,15 @@ def _opts(*argv):
 def test_options_from_args():
     o = _opts("--device", "cpu")
     assert o.stages == ("1", "2", "3", "mapper") and o.data == "builtin" and o.approach == "ours_v3"
-    assert o.batch == 4 and o.model.resolution == 64 and o.compile is False  # the cpu preset
+    from fastep.zoo.step.run_config import PRESETS
+
+    cpu = PRESETS["cpu"]
+    assert o.batch == cpu["batch"] and o.model.resolution == cpu["model"]["resolution"]  # the cpu preset
+    assert o.compile is False
     o = _opts("--stage", "all", "--kimg", "7")
     assert o.stage3_kimg == 7 and o.stage2_kimg == pytest.approx(2.5)
     o = _opts("--stage", "2", "--kimg", "3", "--width", "8,16,4", "--no-compile", "--resume", "--device", "cpu")
-    assert o.stages == ("2",) and o.stage2_kimg == 3 and o.stage3_kimg == 0.16
+    assert o.stages == ("2",) and o.stage2_kimg == 3 and o.stage3_kimg == cpu["stage3_kimg"]
     assert (o.model.g_nf, o.model.e_nf, o.model.d_nf) == (8, 16, 4) and o.compile is False and o.resume
     o = _opts("--preset", "paper", "--set", "model.z_dim=16", "--set", "lr_decay_start=0.5", "--batch", "2")
     assert o.model.z_dim == 16 and o.lr_decay_start == 0.5 and o.batch == 2 and o.model.resolution == 256
@@ -55,10 +59,14 @@ def test_bad_configuration_is_one_line_naming_it(argv, words, capsys, tmp_path):
 
 def test_print_config_shows_the_resolved_run_and_exits(capsys, tmp_path):
     assert main(["train", "--out", str(tmp_path / "o"), "--preset", "cpu", "--set", "model.g_nf=16",
-                 "--batch", "3", "--print-config"]) == 0
+                 "--batch", "3", "--set", "model.g_nf=24", "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
-    assert cfg["batch"] == 3 and cfg["model"]["g_nf"] == 16 and cfg["model"]["resolution"] == 64
-    assert cfg["stage3_kimg"] == 0.16 and not (tmp_path / "o").exists()
+    from fastep.zoo.step.run_config import PRESETS
+
+    cpu = PRESETS["cpu"]
+    assert cfg["batch"] == 3 and cfg["model"]["g_nf"] == 24 and cfg["model"]["resolution"] == cpu["model"]["resolution"]
+    assert cfg["stage3_kimg"] == cpu["stage3_kimg"] and not (tmp_path / "o").exists()
+    assert cfg["loss"]["lambda_pixel"] == cpu["loss"]["lambda_pixel"]
     from fastep.zoo.step.run_config import RunConfig, resolve_run_config
 
     again = resolve_run_config("cpu", {k: v for k, v in cfg.items()})
