@@ -451,7 +451,10 @@ def translation_report(G, E, root: Union[str, Path], oracle: Optional[StyleOracl
               "dataset_mean": mean_image.expand_as(B).contiguous(), "ceiling_real": recon_ceiling}
         rec: Dict[str, Dict[str, float]] = {}
         for k, v in rc.items():
-            rec[k] = {"psnr": float(M.psnr(v.clamp(-1, 1), B))}
+            per = M.psnr(v.clamp(-1, 1), B, reduction="none")
+            if k == "ceiling_real":  # flat-textured images re-render identically (inf): left out
+                per = per[torch.isfinite(per)] if torch.isfinite(per).any() else per
+            rec[k] = {"psnr": float(per.mean())}
             if lpips is not None:
                 rec[k]["lpips"] = float(_batched(lambda x, y: lpips(x, y).reshape(-1), v, B,
                                                  batch_size=batch_size, device=device).double().mean())
@@ -549,10 +552,15 @@ def summary_lines(report: Dict[str, object]) -> List[str]:
     r = report["reconstruction"]
     lines.append(f"  {'recon PSNR':<18} {h['psnr']:6.2f} dB (target >= flat colour + 3 = "
                  f"{r['flat_mean_colour']['psnr'] + 3:.2f})   grey {r['grey']['psnr']:.2f}, "
-                 f"mean image {r['dataset_mean']['psnr']:.2f}, re-phased real {r['ceiling_real']['psnr']:.2f}")
+                 f"mean image {r['dataset_mean']['psnr']:.2f}, re-phased real {r['ceiling_real']['psnr']:.2f} "
+                 "(textured images)")
     if "sampling" in report:
+        real = report["sampling"]["ceiling_real"]
+        lines.append(f"  sampling (real)    confidence {real['confidence']:.2f}, bad {real['bad_share']:.0%}, "
+                     f"Frechet {real['frechet']:.3g}"
+                     + (f", diversity {real['lpips_diversity']:.3f}" if "lpips_diversity" in real else ""))
         for name, s in report["sampling"].items():
-            if name in ("grey", "flat_mean_colour", "dataset_mean"):
+            if name in ("grey", "flat_mean_colour", "dataset_mean", "ceiling_real"):
                 continue
             lines.append(f"  sampling {name:<9} confidence {s['confidence']:.2f}, bad {s['bad_share']:.0%}, "
                          f"Frechet {s['frechet']:.3g}"

@@ -123,7 +123,7 @@ def test_a_perfect_translator_scores_the_ceiling_and_grey_the_baseline(data_root
     for k in ("palette", "gradient", "texture", "hue_30deg", "iou"):
         assert t["model"][k] == pytest.approx(t["ceiling_real"][k])
     assert math.isinf(rep["reconstruction"]["model"]["psnr"])
-    assert rep["reconstruction"]["model"]["psnr"] > rep["reconstruction"]["ceiling_real"]["psnr"]
+    assert math.isfinite(rep["reconstruction"]["ceiling_real"]["psnr"])  # flat-textured images left out
     assert rep["reconstruction"]["flat_mean_colour"]["psnr"] > rep["reconstruction"]["grey"]["psnr"]
     assert rep["headline"]["palette_transfer"] == t["model"]["palette"]
     assert set(rep["sampling"]) == {"images", "grey", "flat_mean_colour", "dataset_mean", "ceiling_real"}
