@@ -24,7 +24,10 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .version import __version__
+
     parser = argparse.ArgumentParser(prog="fastep", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fastep {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -49,7 +52,35 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(args, "_missing", False):
         print(f"fastep {args.command}: not available in this build", file=sys.stderr)
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    return _run_interruptible(args)
+
+
+def _run_interruptible(args) -> int:
+    """Run a sub-command with Ctrl-C and SIGTERM turned into one line and exit status 130.
+
+    SIGTERM raises :class:`KeyboardInterrupt` like Ctrl-C does (the training loop installs its
+    own handlers, which stop at the next log interval after a checkpoint); a command that has
+    nothing to save stops where it is.  A command may catch the interrupt itself to say more
+    (``fastep train`` names the stage and what ``--resume`` will do).
+    """
+    import signal
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt(f"{signal.Signals(signum).name}")
+
+    try:
+        old = signal.signal(signal.SIGTERM, _term)
+    except (ValueError, OSError):  # not the main thread: leave signals alone
+        old = None
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt as err:
+        why = str(err) or "Ctrl-C"
+        print(f"fastep {args.command}: interrupted ({why}); stopped", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -97,9 +97,18 @@ def _header_problem(path: Path, ab: bool) -> Optional[str]:
         return f"cannot read image header ({type(err).__name__}: {err})"
     if w == 0 or h == 0:
         return f"empty image ({w} x {h})"
+    if ab and w <= h:
+        return _NOT_AB.format(w=w, h=h)
     if ab and w % 2 != 0:
         return f"AB image width {w} is odd; expected A and B side by side (width 2W)"
     return None
+
+
+# A square (or tall) image in an AB folder is not split in halves: it is refused by name.
+_NOT_AB = ("{w} x {h} image is not a pix2pix AB pair (A and B side by side, width = 2 x height); "
+           "square images are never split in halves")
+_NOT_AB_HINT = ("put paired images in A/ and B/ folders with matching file names (train/A, train/B, "
+                "val/A, val/B), or join each pair side by side into one AB image")
 
 
 def _format_bad(bad: Dict[str, str], limit: int = 20) -> str:
@@ -186,6 +195,11 @@ class PairedImageDataset(Dataset):
             if broken:
                 self.bad.update(broken)
                 items = [pair for pair in items if not any(str(p) in broken for p in pair if p is not None)]
+        if not items and self.bad and all(why.endswith("never split in halves") for why in self.bad.values()):
+            first = next(iter(self.bad.values())).split(" image")[0]
+            raise ValueError(f"root: the {len(self.bad)} image(s) in {str(dir_a)!r} are {first} (square or "
+                             f"tall), not pix2pix AB pairs, and fastep does not split them in halves: "
+                             f"{_NOT_AB_HINT}")
         if self.bad:
             warnings.warn(f"PairedImageDataset({str(self.root)!r}, split={split!r}): skipped "
                           f"{len(self.bad)} bad file(s):\n{_format_bad(self.bad)}", BadImageWarning, stacklevel=2)

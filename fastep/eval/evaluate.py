@@ -106,7 +106,10 @@ def style_codes(source: str, n: int, *, E=None, style_images: Optional[Tensor] =
     if source == "images":
         if style_images is None or E is None:
             raise ValueError("style_source='images' needs E and style_images")
-        idx = torch.randperm(len(style_images), generator=generator)[:n]
+        if n <= len(style_images):
+            idx = torch.randperm(len(style_images), generator=generator)[:n]
+        else:  # fewer validation images than codes asked for: draw with replacement
+            idx = torch.randint(0, len(style_images), (n,), generator=generator)
         return E(style_images[idx].to(device))
     noise = torch.randn(n, z_dim, generator=generator).to(device)
     if source == "mapper":
@@ -120,10 +123,12 @@ def style_codes(source: str, n: int, *, E=None, style_images: Optional[Tensor] =
 
 @torch.no_grad()
 def diversity(G, A: Tensor, codes_fn: Callable[[int], Tensor], lpips: Callable, *, n_inputs: int,
-              n_styles: int, device) -> Dict[str, float]:
+              n_styles: int, device, progress: bool = False) -> Dict[str, float]:
     """Mean over inputs of the mean pairwise LPIPS of the ``n_styles`` outputs of each input."""
+    from tqdm.auto import tqdm
+
     scores = []
-    for a in A[:n_inputs]:
+    for a in tqdm(A[:n_inputs], desc="eval: diversity", unit="input", disable=not progress, leave=False):
         z = codes_fn(n_styles)
         out = G(a.unsqueeze(0).to(device).expand(n_styles, -1, -1, -1), z)
         scores.append(float(M.pairwise_mean_distance(out, lpips)))
@@ -166,8 +171,9 @@ def style_capture(E, styles, resolution: int, *, batch_size: int, device) -> Dic
 
 
 def evaluate_checkpoint(checkpoint: Union[str, Path], data_root: Union[str, Path], cfg: EvalConfig = EvalConfig(),
-                        device: Union[str, torch.device] = "cpu") -> Dict[str, object]:
-    """All metrics of one checkpoint on one data set (see the module docstring)."""
+                        device: Union[str, torch.device] = "cpu", *, progress: bool = False) -> Dict[str, object]:
+    """All metrics of one checkpoint on one data set (see the module docstring); ``progress``
+    shows a bar for the slow parts."""
     from fastep import zoo
     from fastep.data import BuiltinStyles
 
@@ -192,7 +198,7 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], data_root: Union[str, Path
                                          mapper=extras.get("mapper"), z_stats=extras.get("z_stats"),
                                          z_dim=model_cfg.z_dim, generator=gen, device=device)
         report["diversity"] = diversity(G, val["A"], codes_fn, lpips, n_inputs=cfg.n_inputs,
-                                        n_styles=cfg.n_styles, device=device)
+                                        n_styles=cfg.n_styles, device=device, progress=progress)
         report["diversity"]["style_source"] = cfg.style_source
         if cfg.inception_weights:
             net = M.load_inception(cfg.inception_weights, device)

@@ -2,6 +2,9 @@
 
 With ``--styles``: a style-transfer grid (inputs x style images).  Without: random samples from
 the mapper and N(mu, sigma).  With ``--interpolate STYLE_A STYLE_B``: interpolation strips.
+A file twice as wide as high is a pix2pix AB pair, read as training reads it (the A half as an
+input, the B half as a style); ``--whole`` reads files whole.  Every user error (a missing or
+foreign checkpoint, a missing image or folder) is one line on stderr and exit status 1.
 """
 from __future__ import annotations
 
@@ -10,12 +13,14 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
-    p.add_argument("--input", nargs="+", required=True, help="input image file(s) (A)")
-    p.add_argument("--styles", nargs="+", default=None, help="style image file(s) (B)")
+    p.add_argument("--input", nargs="+", required=True, help="input image file(s) or folder(s) (A)")
+    p.add_argument("--styles", nargs="+", default=None, help="style image file(s) or folder(s) (B)")
     p.add_argument("--interpolate", nargs=2, metavar=("STYLE_A", "STYLE_B"), default=None)
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--ab", action="store_true", help="the files are pix2pix AB pairs: inputs use the A half, "
-                                                     "styles the B half")
+                                                     "styles the B half (default: a file twice as wide as "
+                                                     "high is read so, as training reads AB data)")
+    p.add_argument("--whole", action="store_true", help="read every file whole, even one twice as wide as high")
     p.add_argument("-n", type=int, default=8, help="samples per input when sampling")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -27,8 +32,15 @@ def run(args: argparse.Namespace) -> int:
     from ..train.checkpoint import CheckpointError
     from . import sample as S
 
-    in_half, st_half = ("A", "B") if args.ab else ("auto", "auto")
+    in_half, st_half = ("A", "B") if args.ab else ("full", "full") if args.whole else ("auto", "auto")
     try:
+        if args.ab and args.whole:
+            raise ValueError("--ab and --whole contradict each other; give one")
+        args.input = S.expand_image_paths(args.input, "input")
+        if args.styles:
+            args.styles = S.expand_image_paths(args.styles, "styles")
+        if args.interpolate:
+            S.expand_image_paths(args.interpolate, "interpolate")
         if args.interpolate:
             path = S.interpolate(args.checkpoint, args.input, *args.interpolate, args.out, device=args.device)
         elif args.styles:

@@ -116,6 +116,17 @@ class Checkpoint:
         """Read ``path`` (the one reader); :class:`CheckpointError` naming the file on failure."""
         return load_checkpoint(path, map_location)
 
+    @property
+    def resumable(self) -> bool:
+        """True when it holds the full training state (``train_state``), not only weights."""
+        return self.train_state is not None
+
+    def weights_only(self) -> "Checkpoint":
+        """A copy without what only resuming needs (``train_state``, RNG states): the weights,
+        configs, progress and logs stay.  Every checkpoint of a run but the newest is kept like
+        this, which roughly halves it (no optimizer moments)."""
+        return dataclasses.replace(self, train_state=None, rng=None, rng_per_rank=None)
+
     def weights_for(self, name: str, ema: bool = False) -> Optional[Dict[str, torch.Tensor]]:
         """The state dict of network ``name`` (``ema``: its EMA copy ``name_ema`` when present)."""
         if ema and self.weights.get(f"{name}_ema") is not None:
@@ -296,7 +307,10 @@ class CheckpointManager:
     """Numbered checkpoints ``<prefix>-<step:08d>.pt`` in one folder, keeping the last ``keep``.
 
     ``save`` is atomic and prunes older checkpoints only after the new one is in place, so the
-    folder always holds at least one complete checkpoint once the first save returned.
+    folder always holds at least one complete checkpoint once the first save returned.  Only the
+    newest checkpoint keeps the full resumable state; ``save`` rewrites the older ones it keeps
+    as :meth:`Checkpoint.weights_only` (``slim_older=False`` keeps them whole), and
+    :meth:`slim_all` does it to every one (a finished stage, whose ``final.pt`` is the state).
     ``latest()`` returns the newest checkpoint that actually loads (a file that fails to load is
     reported and skipped, never silently used).
     """
@@ -309,6 +323,7 @@ class CheckpointManager:
         self.folder = Path(folder)
         self.keep = int(keep)
         self.prefix = prefix
+        self._slim: set = set()  # files known to be weights only (not read again)
 
     def path_for(self, step: int) -> Path:
         return self.folder / f"{self.prefix}-{int(step):08d}.pt"
@@ -324,10 +339,27 @@ class CheckpointManager:
                 out.append((int(m.group("step")), p))
         return sorted(out)
 
-    def save(self, ckpt: Checkpoint, step: int, *, _before_replace=None) -> Path:
+    def save(self, ckpt: Checkpoint, step: int, *, slim_older: bool = True, _before_replace=None) -> Path:
         path = save_checkpoint(ckpt, self.path_for(step), _before_replace=_before_replace)
         self.prune()
+        if slim_older:
+            self.slim_all(except_path=path)
         return path
+
+    def slim_all(self, *, except_path: Optional[PathLike] = None) -> None:
+        """Rewrite every numbered checkpoint (but ``except_path``) as weights only (atomic; files
+        already slim, or that fail to load, are left as they are)."""
+        keep = Path(except_path) if except_path is not None else None
+        for _, p in self.list():
+            if (keep is not None and p == keep) or p in self._slim:
+                continue
+            try:
+                ck = load_checkpoint(p)
+            except CheckpointError:
+                continue
+            if ck.resumable:
+                save_checkpoint(ck.weights_only(), p)
+            self._slim.add(p)
 
     def prune(self) -> None:
         ckpts = self.list()

@@ -11,6 +11,10 @@ unless ``--preset``), then every flag given and every ``--set KEY=VALUE`` (a run
 ``model.<field>`` for the networks); ``--print-config`` prints the result and exits.  An unknown
 system, preset or key is a one-line error listing the valid ones.
 
+OUT holding a run of the same stages is refused unless --resume (continue) or --overwrite
+(start again) is given.  The main job (--stage all) ends with an evaluation on the validation
+split (what `fastep eval` computes; --no-eval skips it) and a summary of where everything is.
+
 Exit status: 0 done, 1 bad arguments / missing inputs, 3 a NaN/inf loss stopped training,
 130 stopped by SIGTERM / Ctrl-C after writing a checkpoint (continue with --resume).
 """
@@ -59,6 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default: cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--resume", action="store_true", default=None,
                    help="continue from the newest checkpoint in OUT (finished stages are skipped)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the outputs of the stages to run from OUT first (the built-in data cache is kept)")
+    p.add_argument("--no-eval", dest="eval", action="store_false",
+                   help="skip the evaluation of the finished main job (--stage all)")
     p.add_argument("--init", default=None,
                    help="checkpoint to start a single stage from (default: OUT/stage{N-1}/final.pt)")
     p.add_argument("--seed", type=int, default=None)
@@ -131,6 +139,7 @@ def run(args) -> int:
     from .. import zoo
     from .checkpoint import CheckpointError
     from .distributed import is_main_process, shutdown_distributed
+    from .run_folder import RunFolderError, prepare_run_folder
     from .trainer import NonFiniteLossError, TrainingInterrupted
 
     main = True
@@ -139,6 +148,8 @@ def run(args) -> int:
         if args.print_config:
             print(opts.to_json())
             return 0
+        prepare_run_folder(opts.out, opts.stages, resume=bool(opts.resume),
+                           overwrite=getattr(args, "overwrite", False))
         summary = zoo.get(args.system).train(opts)
         main = is_main_process()
     except NonFiniteLossError as err:
@@ -149,6 +160,17 @@ def run(args) -> int:
         if is_main_process():
             print(f"fastep train: {err}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt as err:
+        # Ctrl-C / SIGTERM in a stage that has no checkpoint of its own, or a second Ctrl-C
+        if is_main_process():
+            stage = getattr(err, "stage", None)
+            where = f" during stage {stage}" if stage else ""
+            print(f"fastep train: aborted{where} ({err or 'Ctrl-C'}); finished stages are kept: run the same "
+                  "command with --resume to continue", file=sys.stderr, flush=True)
+        return 130
+    except RunFolderError as err:
+        print(f"fastep train: {err}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as err:
         print(f"fastep train: error: {err}", file=sys.stderr)
         return 1
@@ -157,4 +179,14 @@ def run(args) -> int:
     if main:
         print(f"fastep train: done ({summary.get('wall_s', 0):.1f} s); metrics: {opts.out}/metrics.json"
               + (f"; checkpoint for eval: {summary['final_checkpoint']}" if summary.get("final_checkpoint") else ""))
+        if getattr(args, "eval", True) and args.stage == "all" and summary.get("final_checkpoint"):
+            from .summary import evaluate_run, format_summary
+
+            try:
+                report = evaluate_run(summary, progress=opts.progress)
+            except KeyboardInterrupt:
+                print("fastep train: evaluation interrupted; the trained model is complete: "
+                      f"fastep eval {summary['final_checkpoint']} --data {summary.get('data')}", file=sys.stderr)
+                return 130
+            print(format_summary(summary, report))
     return 0

@@ -19,7 +19,8 @@ included, returning detached loss tensors without a host sync).  The :class:`Tra
   into an epoch) and per-sample augmentation seeds fixed by (seed, epoch, index)
   (:class:`fastep.data.SeededDataset`), so the batches do not depend on worker count or on
   where a run was resumed;
-* **logging** on rank 0 only: a tqdm bar with kimg/s and losses, TensorBoard scalars and image
+* **logging** on rank 0 only: a tqdm bar with images/s and the step's ``headline_losses``,
+  TensorBoard scalars and image
   grids (when the ``tensorboard`` package is installed; otherwise a one-line note), sample grids
   as PNG (when the step has ``preview(A, B, seed) -> [3, H, W]``), and a metrics JSON
   (:mod:`fastep.train.outputs`); process groups come from :mod:`fastep.train.distributed`.
@@ -405,8 +406,8 @@ class Trainer:
                             last_t, last_step = now, self.step_idx
                             if bar is not None:
                                 bar.n = round(self.kimg_at(self.step_idx), 3)
-                                bar.set_postfix_str(f"{rate:.3g} kimg/s " + " ".join(
-                                    f"{k}={v:.4g}" for k, v in logged.items()), refresh=True)
+                                bar.set_postfix_str(f"{rate * 1000:.3g} img/s " + " ".join(
+                                    f"{k}={v:.4g}" for k, v in self._bar_losses(logged).items()), refresh=True)
                             self.tb.scalars({"kimg_per_s": rate}, self.step_idx, prefix=f"stage{self.stage}/")
                     if self.image_every and (self.step_idx % self.image_every == 0 or done):
                         self._grid()
@@ -427,6 +428,12 @@ class Trainer:
             self.tb.close()
         self.wall_s = wall0 + time.perf_counter() - t0
         return self.metrics()
+
+    def _bar_losses(self, logged: Dict[str, float]) -> Dict[str, float]:
+        """The losses the progress bar shows: the step's ``headline_losses`` (all when it has
+        none), without terms that are exactly zero (switched off in this configuration)."""
+        names = getattr(self.step, "headline_losses", None) or list(logged)
+        return {k: logged[k] for k in names if k in logged and logged[k] != 0.0}
 
     def request_stop(self) -> None:
         """Finish the current log interval, write a checkpoint and raise :class:`TrainingInterrupted`

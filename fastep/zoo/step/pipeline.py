@@ -11,9 +11,10 @@ Output layout (``OUT`` = ``--out``)::
     OUT/stage1/final.pt         E after triplet pre-training (+ stage1/metrics.json)
     OUT/stage{2,3}/checkpoints/ numbered checkpoints (the last N), for --resume
     OUT/stage{2,3}/final.pt     the finished stage
-    OUT/stage{2,3}/samples/     PNG grids: rows A, B, G(A,E(B)), transfer, random z
+    OUT/stage{2,3}/samples/     PNG grids, rows named at the left: input (A), target (B),
+                                reconstruction G(A,E(B)), transfer (next column's B), samples (random z)
     OUT/stage{2,3}/tb/          TensorBoard logs (if tensorboard is installed)
-    OUT/mapper/samples.png      G(A, M(noise)) and G(A, N(mu, sigma)) grids
+    OUT/mapper/samples.png      rows input, mapper (G(A, M(noise))) x 2, N(mu, sigma) x 2, named at the left
 
 Every stage can run on its own (``fastep train --stage 2 ...``) and reads the previous stage's
 ``final.pt`` from the same ``OUT`` (or ``--init PATH``).  ``--resume`` continues an interrupted
@@ -154,7 +155,7 @@ def run_stage1(root: Path, run: RunConfig, device: torch.device) -> Dict[str, An
                               **({"style_layers": run.mining_layers} if run.mining_layers else {}))
         t0 = time.perf_counter()
         _log(f"fastep: stage 1: mining style neighbours of {len(images_u8)} images")
-        neighbours = s1.mine_triplets_from_images(images_u8, cfg, device)
+        neighbours = s1.mine_triplets_from_images(images_u8, cfg, device, progress=run.progress)
         t_mine = time.perf_counter() - t0
         models = build_models(model_cfg, device, seed=run.seed)
         _log(f"fastep: stage 1: training E with the triplet loss for {cfg.epochs} epochs")
@@ -231,7 +232,10 @@ def run_gan_stage(stage: str, root: Path, run: RunConfig, device: torch.device,
     if trainer.main:
         ckpt = trainer.state() if trainer.world == 1 else load_checkpoint(metrics["checkpoint"])
         ckpt.metrics = {k: v for k, v in metrics.items() if k != "history"}
-        ckpt.save(final)
+        # a finished stage is never resumed (--resume skips it): final.pt and the numbered
+        # checkpoints keep weights only (the next stage and eval read nothing else)
+        ckpt.weights_only().save(final)
+        trainer.ckpts.slim_all()
         _log(f"fastep: stage {stage} done: {metrics['kimg']:.3f} kimg in {metrics['wall_s']:.1f} s -> {final}")
     if trainer.world > 1:
         torch.distributed.barrier()
@@ -276,7 +280,7 @@ def run_mapper(root: Path, run: RunConfig, device: torch.device,
         mu, sigma = mp.fit_code_stats(codes)
         cfg = mp.MapperConfig(epochs=run.mapper_epochs, seed=run.seed)
         torch.manual_seed(run.seed)
-        mapper = mp.train_mapper(codes, cfg, device)
+        mapper = mp.train_mapper(codes, cfg, device, progress=run.progress)
         history = getattr(mapper, "history", None)
         metrics = {"stage": "mapper", "codes": len(codes), "train_s": time.perf_counter() - t0,
                    "z_mu": mu.tolist(), "z_sigma": sigma.tolist(), "history": history}
@@ -301,9 +305,10 @@ def run_mapper(root: Path, run: RunConfig, device: torch.device,
             for _ in range(2):
                 z = mu.to(device) + sigma.to(device) * torch.randn(n, len(mu), generator=gen).to(device)
                 rows.append(G(A, z).float())
-        from torchvision.utils import make_grid
+        from ...train.outputs import labelled_grid
 
-        grid = make_grid((torch.cat(rows).clamp(-1, 1).cpu() + 1) / 2, nrow=n, padding=2, pad_value=1.0)
+        labels = ["input", "mapper", "mapper", "N(mu, sigma)", "N(mu, sigma)"]
+        grid = labelled_grid([(r.clamp(-1, 1).cpu() + 1) / 2 for r in rows], labels)
         save_image_grid(grid, Path(run.out) / "mapper" / "samples.png")
         write_json_atomic(metrics, Path(run.out) / "mapper" / "metrics.json")
         _log(f"fastep: mapper done -> {final} (samples: {Path(run.out) / 'mapper' / 'samples.png'})")
@@ -370,8 +375,13 @@ def run_pipeline(run: RunConfig) -> Dict[str, Any]:
             else:
                 raise ValueError(f"unknown stage {stage!r}; expected 1, 2, 3 or mapper")
             _save()
-    except (NonFiniteLossError, TrainingInterrupted) as err:
-        summary["error" if isinstance(err, NonFiniteLossError) else "interrupted"] = str(err)
+    except (NonFiniteLossError, KeyboardInterrupt) as err:
+        # KeyboardInterrupt: Ctrl-C / SIGTERM in a stage without a checkpoint of its own (mining,
+        # stage 1, the mapper), or a second Ctrl-C; TrainingInterrupted: the graceful stop.
+        if not isinstance(err, NonFiniteLossError):
+            err.stage = stage
+        summary["error" if isinstance(err, NonFiniteLossError) else "interrupted"] = (
+            str(err) or f"interrupted during stage {stage}")
         _save()
         raise
     if (out / "final.pt").is_file():

@@ -287,8 +287,11 @@ def train_encoder_stage1(encoder: nn.Module, images_B, triplets, cfg: Optional[S
 
 @torch.no_grad()
 def style_vectors(images_B, cfg: Optional[Stage1Config] = None, device: Union[str, torch.device, None] = None,
-                  out_dtype: Optional[torch.dtype] = None) -> Tensor:
-    """Gram (style) vectors [N, D] of all B images on ``device``, computed in batches."""
+                  out_dtype: Optional[torch.dtype] = None, progress: bool = False) -> Tensor:
+    """Gram (style) vectors [N, D] of all B images on ``device``, computed in batches
+    (``progress``: a bar in images)."""
+    from tqdm.auto import tqdm
+
     from fastep.features import get_style_net, style_features
 
     cfg = cfg or Stage1Config()
@@ -298,6 +301,7 @@ def style_vectors(images_B, cfg: Optional[Stage1Config] = None, device: Union[st
     amp = torch.bfloat16 if (device.type == "cuda" and cfg.amp) else None
     n = images.shape[0]
     out = None
+    bar = tqdm(total=n, desc="mining: style vectors", unit="img", disable=not progress, leave=False)
     for s in range(0, n, cfg.feature_batch_size):
         x = _to_model_input(images[s:s + cfg.feature_batch_size], device, False)
         if cfg.feature_resolution is not None and x.shape[-1] != cfg.feature_resolution:
@@ -314,13 +318,15 @@ def style_vectors(images_B, cfg: Optional[Stage1Config] = None, device: Union[st
             out = torch.empty(n, v.shape[1], dtype=v.dtype, device=where,
                               pin_memory=where.type == "cpu" and device.type == "cuda")
         out[s:s + v.shape[0]].copy_(v, non_blocking=True)
+        bar.update(v.shape[0])
+    bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return out
 
 
 def mine_triplets_from_images(images_B, cfg: Optional[Stage1Config] = None,
-                              device: Union[str, torch.device, None] = None):
+                              device: Union[str, torch.device, None] = None, progress: bool = False):
     """Exact style-distance neighbours of every B image -> a Neighbours for :func:`train_encoder_stage1`.
 
     VGG Gram vectors (``cfg.style_layers``, ``cfg.vgg_weights``) by :func:`style_vectors`, then
@@ -332,7 +338,7 @@ def mine_triplets_from_images(images_B, cfg: Optional[Stage1Config] = None,
 
     cfg = cfg or Stage1Config()
     device = torch.device(device or "cpu")
-    vectors = style_vectors(images_B, cfg, device)
+    vectors = style_vectors(images_B, cfg, device, progress=progress)
     n = vectors.shape[0]
     if n < cfg.k_near + cfg.k_far + 1:
         raise ValueError(f"images_B: {n} images are too few to mine k_near={cfg.k_near} and "

@@ -68,6 +68,9 @@ __all__ = ["TrainStep", "make_train_step", "step_conv_census", "LOSS_KEYS", "Los
 #: keys of the dict a step returns (always all of them; terms that are off are 0)
 LOSS_KEYS = ("loss_d", "loss_d_real", "loss_d_fake", "loss_g", "loss_g2", "g_gan", "g2_gan", "rec", "cyc",
              "z_recon", "z_l2", "z_kl", "pixel", "texture", "cyc_pixel")
+#: what the progress bar shows (the totals of both players and the reconstruction / code terms;
+#: terms that are off in an approach are zero and left out)
+HEADLINE_LOSSES = ("loss_g", "loss_d", "rec", "pixel", "texture", "cyc", "cyc_pixel", "z_recon", "z_l2", "z_kl")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -494,6 +497,8 @@ class TrainStep:
     def networks(self) -> Dict[str, nn.Module]:
         """The modules a checkpoint holds: G, E, D and the EMA copies G_ema, E_ema."""
         return {"G": self.G, "E": self.E, "D": self.D, "G_ema": self.G_ema, "E_ema": self.E_ema}
+
+    headline_losses = HEADLINE_LOSSES  # what the trainer's progress bar shows
 
     def preview(self, A: Tensor, B: Tensor, seed: int = 0) -> Tensor:
         """A sample grid of the EMA networks (:func:`~fastep.zoo.step.translator.sample_grid`)."""

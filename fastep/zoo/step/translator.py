@@ -129,8 +129,9 @@ class Translator:
 def sample_grid(G, E, A: torch.Tensor, B: torch.Tensor, z_dim: Optional[int] = None,
                 seed: int = 0) -> torch.Tensor:
     """A [3, H', W'] grid in [0, 1]: rows A, B, G(A, E(B)) (reconstruction), G(A, E(B rolled))
-    (style transfer from the next column's B) and, with ``z_dim``, G(A, z ~ N(0, I))."""
-    from torchvision.utils import make_grid
+    (style transfer from the next column's B) and, with ``z_dim``, G(A, z ~ N(0, I)); each row
+    is named at its left (input, target, reconstruction, transfer, samples)."""
+    from ...train.outputs import labelled_grid
 
     was_g, was_e = G.training, E.training
     G.eval()
@@ -147,8 +148,8 @@ def sample_grid(G, E, A: torch.Tensor, B: torch.Tensor, z_dim: Optional[int] = N
             gen = torch.Generator(device="cpu").manual_seed(seed)
             zr = torch.randn(A.shape[0], z_dim, generator=gen).to(dev)
             rows.append(G(A, zr))
-        imgs = torch.cat([r.float().clamp(-1, 1) for r in rows], 0)
-        return make_grid((imgs + 1) / 2, nrow=A.shape[0], padding=2, pad_value=1.0).cpu()
+        labels = ["input", "target", "reconstruction", "transfer", "samples"][:len(rows)]
+        return labelled_grid([(r.float().clamp(-1, 1) + 1) / 2 for r in rows], labels, padding=2)
     finally:
         G.train(was_g)
         E.train(was_e)
