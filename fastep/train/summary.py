@@ -26,10 +26,18 @@ def _lpips_weights(net: str = "alex") -> str:
         return "random"
 
 
+def eval_config(lpips_weights: str):
+    """The :class:`~fastep.eval.evaluate.EvalConfig` of the closing evaluation (``fastep eval``'s
+    defaults with the given LPIPS weights)."""
+    from ..eval.evaluate import EvalConfig
+
+    return EvalConfig(lpips_weights=lpips_weights)
+
+
 def evaluate_run(summary: Dict[str, Any], *, progress: bool = True, log=None) -> Optional[Dict[str, Any]]:
     """Evaluate ``summary["final_checkpoint"]`` on ``summary["data"]``; the report, or ``None``
     (with one line on stderr) when the data has no validation split or the model cannot be read."""
-    from ..eval.evaluate import EvalConfig, evaluate_checkpoint, write_report
+    from ..eval.evaluate import evaluate_checkpoint, write_report
     from .checkpoint import CheckpointError
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -40,7 +48,7 @@ def evaluate_run(summary: Dict[str, Any], *, progress: bool = True, log=None) ->
             "fastep eval --lpips-weights PATH uses real ones)")
     log("fastep: evaluating the final model on the validation split")
     try:
-        report = evaluate_checkpoint(summary["final_checkpoint"], summary["data"], EvalConfig(lpips_weights=weights),
+        report = evaluate_checkpoint(summary["final_checkpoint"], summary["data"], eval_config(weights),
                                      summary.get("device", "cpu"), progress=progress)
     except (CheckpointError, ValueError, FileNotFoundError) as err:
         log(f"fastep: no evaluation: {err}")

@@ -14,7 +14,14 @@ TINY = ["--resolution", "32", "--batch", "2", "--n-train", "24", "--n-val", "4",
 def finished_run(tmp_path_factory):
     """(out folder, printed stdout, printed stderr) of ``fastep train`` (all stages + summary)."""
     from fastep.cli import main
+    from fastep.eval.evaluate import EvalConfig
+    from fastep.eval.oracle import OracleConfig
+    from fastep.train import summary
 
+    # the closing evaluation as `fastep eval` runs it, with a quickly trained style oracle
+    mp = pytest.MonkeyPatch()
+    mp.setattr(summary, "eval_config", lambda w: EvalConfig(
+        lpips_weights=w, oracle_config=OracleConfig(n_images=64, steps=4, batch_size=16, width=8)))
     out = tmp_path_factory.mktemp("first") / "run"
     cap_out, cap_err = _Capture(), _Capture()
     old = sys.stdout, sys.stderr
@@ -23,6 +30,7 @@ def finished_run(tmp_path_factory):
         rc = main(["train", "--out", str(out), *TINY])
     finally:
         sys.stdout, sys.stderr = old
+        mp.undo()
     assert rc == 0, cap_err.text
     return out, cap_out.text, cap_err.text
 

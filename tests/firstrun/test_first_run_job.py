@@ -22,12 +22,15 @@ from fastep.train.run_folder import RunFolderError, prepare_run_folder
 def test_main_job_ends_with_the_evaluation_and_where_the_pictures_are(finished_run):
     out, stdout, _ = finished_run
     report = json.loads((out / "eval.json").read_text())
-    assert "reconstruction" in report and "diversity" in report  # what `fastep eval` computes
+    assert "reconstruction" in report and "diversity" in report and "oracle" in report  # what `fastep eval` computes
     assert f"summary of {out}" in stdout
     # the evaluation's own table (every metric it returns), not a copy of a few numbers
     table = markdown_report([report], names=[out.name])
     assert table in stdout
     assert f"{report['reconstruction']['psnr']:.4g}" in stdout
+    from fastep.eval.oracle import summary_lines
+
+    assert all(line in stdout for line in summary_lines(report["oracle"]))  # the oracle's headline lines
     pictures = [ln.split()[-1] for ln in stdout.splitlines() if ln.strip().endswith(".png")]
     assert len(pictures) == 3 and all(os.path.isfile(p) for p in pictures)  # stage 2, stage 3, mapper
     assert pictures[-1] == str(out / "mapper" / "samples.png")
@@ -126,7 +129,7 @@ def _weights_bytes(ck: Checkpoint) -> int:
 
 def test_finished_run_keeps_weights_only_checkpoints(finished_run):
     out = finished_run[0]
-    files = sorted(out.rglob("*.pt"))
+    files = sorted(p for p in out.rglob("*.pt") if "data" not in p.relative_to(out).parts)  # not the oracle cache
     assert len(files) >= 6
     weights = 0
     for p in files:
