@@ -72,14 +72,16 @@ def main(argv=None) -> int:
         return m, l, t
 
     pl._configs = configs
-    opts = pl.PipelineOptions(
-        out=a.out, approach=a.approach, device="cpu", resolution=a.res, batch=a.batch,
+    from fastep.zoo.step.run_config import resolve_run_config
+
+    opts = resolve_run_config("cpu", dict(
+        out=a.out, approach=a.approach, device="cpu", batch=a.batch,
         stage2_kimg=a.kimg2, stage3_kimg=a.kimg3, n_train=a.n_train, n_val=a.n_val,
         stage1_epochs=a.stage1_epochs, mapper_epochs=a.mapper_epochs, ckpt_every=max(a.kimg2, a.kimg3),
         image_every=max(a.kimg2, a.kimg3) / 2, log_every=50, workers=0, seed=a.seed, vgg_weights="random",
-        model_overrides=dict(g_nf=a.g_nf, e_nf=a.e_nf, d_nf=a.d_nf, n_res=a.n_res, d_scales=a.d_scales,
-                             g_n_down=a.g_n_down),
-        lr_decay_start=a.decay, progress=False)
+        model=dict(resolution=a.res, g_nf=a.g_nf, e_nf=a.e_nf, d_nf=a.d_nf, n_res=a.n_res, d_scales=a.d_scales,
+                   g_n_down=a.g_n_down),
+        progress=False, **({} if a.decay is None else {"lr_decay_start": a.decay})))
     t0 = time.perf_counter()
     summary = pl.run_pipeline(opts)
     wall = time.perf_counter() - t0

@@ -3,7 +3,7 @@
 Resolution order: the preset (``paper`` on CUDA, ``cpu`` otherwise, unless named) -> overrides
 (command-line flags, ``--set KEY=VALUE``, or keyword arguments) -> :class:`RunConfig`, which
 validates itself.  The dataclass defaults are the paper's run (256 px, batch 8, stage 2 to
-250 kimg and stage 3 to 700 kimg, paper section 4 / appendix A.1); :data:`PRESETS` lists what each
+250 kimg and stage 3 to 700 kimg; docs/step.md); :data:`PRESETS` lists what each
 named preset changes.  Nothing else holds a default: the stages read their settings from this
 object.  Keys are the field names; ``model.<field>`` sets a :class:`ModelConfig` field.  An
 unknown key or preset is an error naming it and listing the valid ones.
