@@ -209,7 +209,8 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], data_root: Union[str, Path
             report["fid"] = M.frechet_distance(f_real.cpu(), f_fake.cpu())
     if cfg.oracle and (data_root / "factors.json").exists() and extras.get("stage") != "1":
         report["oracle"] = oracle_metrics(G, E, model_cfg, extras, data_root, cfg, device,
-                                          lpips=make_lpips(cfg.lpips_net, cfg.lpips_weights, device))
+                                          lpips=make_lpips(cfg.lpips_net, cfg.lpips_weights, device),
+                                          progress=progress)
     if cfg.style_capture and (data_root / "factors.json").exists():
         styles = BuiltinStyles.load(data_root)
         trained = style_capture(E, styles, res, batch_size=cfg.batch_size, device=device)
@@ -222,12 +223,13 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], data_root: Union[str, Path
     return report
 
 
-def oracle_metrics(G, E, model_cfg, extras, data_root: Path, cfg: EvalConfig, device, lpips=None) -> Dict[str, object]:
+def oracle_metrics(G, E, model_cfg, extras, data_root: Path, cfg: EvalConfig, device, lpips=None,
+                   progress: bool = True) -> Dict[str, object]:
     """:func:`fastep.eval.oracle.translation_report` of a loaded model: the sampled codes are the
     checkpoint's mapper and N(mu, sigma) where it has them, else codes of random validation images."""
     from .oracle import load_or_train_oracle, translation_report
 
-    oracle = load_or_train_oracle(data_root, cfg.oracle_config, device="cpu", progress=True,
+    oracle = load_or_train_oracle(data_root, cfg.oracle_config, device="cpu", progress=progress,
                                   log=lambda m: print(m, file=sys.stderr, flush=True))
     codes: Dict[str, Callable] = {}
     mapper, zs = extras.get("mapper"), extras.get("z_stats")
