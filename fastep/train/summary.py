@@ -84,7 +84,8 @@ def format_summary(summary: Dict[str, Any], report: Optional[Dict[str, Any]]) ->
     for i, p in enumerate(pics):
         lines.append(("  pictures   " if i == 0 else "             ") + str(p))
     if pics:
-        lines.append("             (rows are labelled: input, target, reconstruction, transfer, samples)")
+        lines.append("             (each grid names its rows at the left: input, target, reconstruction, transfer, samples; "
+                     "the mapper's: input, mapper, N(mu, sigma))")
     lines.append(f"  all stages {out / 'metrics.json'}")
     if report is not None:
         lines += ["", markdown_report([report], names=[out.name])]
