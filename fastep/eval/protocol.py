@@ -217,7 +217,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--lpips-weights", default="random")
     # a quarter of the main job's lengths: ten runs (six approaches, four ablations) in ~30 min on 2 cores
     p.add_argument("--stage2-kimg", type=float, default=1.0, help="per run (default 1; the main job: 4)")
-    p.add_argument("--stage3-kimg", type=float, default=9.0, help="per run (default 9; the main job: 36)")
+    p.add_argument("--stage3-kimg", type=float, default=5.0, help="per run (default 5; the main job: 20)")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in (("stage2_kimg", args.stage2_kimg), ("stage3_kimg", args.stage3_kimg)) if v}
     cfg = EvalConfig(n_inputs=min(100, args.n_val or 100), lpips_weights=args.lpips_weights)

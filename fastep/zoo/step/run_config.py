@@ -160,7 +160,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # with 16-wide nets; offline the perceptual loss has only a random-weight VGG, whose feature
     # distance does not pull colours and layout into place at this scale, so the reconstruction
     # is a pixel L1 term instead (and without the VGG passes a step is about 4x cheaper).
-    "cpu": dict(batch=16, stage2_kimg=4.0, stage3_kimg=36.0, n_train=800, n_val=200, stage1_epochs=3,
+    "cpu": dict(batch=16, stage2_kimg=4.0, stage3_kimg=20.0, n_train=800, n_val=200, stage1_epochs=3,
                 mapper_epochs=60, ckpt_every=8.0, image_every=8.0, log_every=25, workers=0, compile=False,
                 amp=False, channels_last=False, ema=0.99,
                 mining_layers=("relu1_2", "relu2_2", "relu3_2"),
