@@ -246,7 +246,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_sep("=", "fastep benchmark table")
     terminalreporter.write_line(markdown_table(rows))
     train = [r for r in _RECORDS if r.group == "train_time" and "s_per_kimg" in r.extra]
-    if train:  # the training-time suite (engineer G): `fastep bench` adds the paper's numbers
+    if train:  # the training-time suite: `fastep bench` adds the paper's numbers
         terminalreporter.write_sep("=", "fastep training time (s/kimg, median)")
         for r in train:
             e = r.extra

@@ -4,7 +4,7 @@
 ``relu1_2 .. relu5_2`` by default) over ``images`` in chunks and returns either the per-layer
 Gram matrices (``output="gram"``, via :func:`fastep.ops.gram`) or the concatenated upper-triangle
 Gram vectors (``output="vectors"``, via :func:`fastep.ops.gram_vectors`) whose squared Euclidean
-distances are the style distances of SPEC.md, ready for :func:`fastep.ops.pairwise_style_distance`
+distances are the style distances of the StEP paper (docs/step.md), ready for :func:`fastep.ops.pairwise_style_distance`
 and neighbour mining.
 """
 from __future__ import annotations

@@ -244,7 +244,7 @@ def test_range_warning_once(nets):
 
 
 # --------------------------------------------------------------------------------------------
-# StyleLoss (on engineer A's gram ops)
+# StyleLoss (on the gram ops)
 # --------------------------------------------------------------------------------------------
 def test_style_loss_matches_gatys_reference():
     sl = L.StyleLoss(net="gatys", backbone_weights="random", seed=SEED, layer_weights=[1, 2, 3, 4, 5])

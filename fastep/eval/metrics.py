@@ -203,7 +203,3 @@ def inception_outputs(net: torch.nn.Module, images: Tensor, batch_size: int = 50
     finally:
         hook.remove()
     return torch.cat(feats), torch.cat(logits)
-
-
-def mean_over(values: Sequence[float]) -> float:
-    return float(sum(values) / max(len(values), 1))
