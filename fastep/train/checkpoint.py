@@ -15,7 +15,8 @@ Format 1 (``format_version: 1``), the keys of the dict on disk:
 ``stage``           the system's stage name (StEP: ``"1"``, ``"2"``, ``"3"``, ``"mapper"``)
 ``step``, ``kimg``, ``total_steps``, ``complete``  progress of that stage
 ``configs``         ``{name: dataclasses.asdict(cfg)}`` (StEP: ``model``, ``train``, ``loss``,
-                    ``stage1``, ``mapper``, ``mapper_net``); each system reads its own
+                    ``stage1``, ``mapper``, ``mapper_net``, ``run``: the whole RunConfig);
+                    each system reads its own
 ``weights``         ``{network name: state dict or None}`` (StEP: ``G E D G_ema E_ema mapper``)
 ``train_state``     the training step's full state (optimizers, EMA, LR scale) or ``None``
 ``rng``, ``rng_per_rank``  :func:`capture_rng_state` of rank 0 / of every rank under DDP

@@ -103,6 +103,12 @@ def _plain(module: torch.nn.Module) -> torch.nn.Module:
 class Trainer:
     """Drives a system's training step over a data set for ``kimg`` thousand images.
 
+    The loop settings (``device`` .. ``num_workers``) are required keyword arguments with no
+    defaults here: their one home is the system's run configuration (StEP's
+    :class:`fastep.zoo.step.run_config.RunConfig`), which resolves them and passes them in.
+    Only the hooks (``configs``, ``extras``, ``progress``, ``tensorboard``, ``n_grid``,
+    ``max_steps``, ``log``) have defaults.
+
     Parameters
     ----------
     step : a :class:`fastep.zoo.TrainingStep`: ``step(A, B) -> dict[str, Tensor]`` (detached, on
@@ -115,19 +121,20 @@ class Trainer:
     out_dir : folder of this stage (checkpoints, samples/, tb/, metrics.json).
     system : the zoo system's name, written into every checkpoint.
     configs, extras : :class:`~fastep.train.checkpoint.Checkpoint` fields of every checkpoint.
-    lr_decay_start_kimg : where the LR starts its linear decay to 0 (default: two thirds of ``kimg``).
+    device : where the step runs (pins loader memory on CUDA).
+    seed : seed of the data order and the per-sample augmentation.
+    lr_decay_start_kimg : where the LR starts its linear decay to 0.
     log_every : steps between host syncs (loss check, progress bar, scalars).
     ckpt_every_kimg, image_every_kimg : intervals (0: only at the end).
     keep : number of checkpoints kept.
     num_workers : data-loader workers (per process).
     """
 
-    def __init__(self, step, dataset, *, stage: str, batch_size: int, kimg: float,
-                 out_dir: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
-                 seed: int = 0, system: str, configs: Optional[Dict[str, Any]] = None,
-                 extras: Optional[Dict[str, Any]] = None,
-                 lr_decay_start_kimg: Optional[float] = None, log_every: int = 20, ckpt_every_kimg: float = 0.0,
-                 image_every_kimg: float = 0.0, keep: int = 3, num_workers: int = 0,
+    def __init__(self, step, dataset, *, stage: str, system: str, out_dir: Union[str, os.PathLike],
+                 device: Union[str, torch.device], batch_size: int, kimg: float, seed: int,
+                 lr_decay_start_kimg: float, log_every: int, ckpt_every_kimg: float, image_every_kimg: float,
+                 keep: int, num_workers: int,
+                 configs: Optional[Dict[str, Any]] = None, extras: Optional[Dict[str, Any]] = None,
                  progress: bool = True, tensorboard: bool = True,
                  n_grid: int = 8, max_steps: Optional[int] = None, log: Callable[[str], None] = None):
         if batch_size < 1:
@@ -136,6 +143,12 @@ class Trainer:
             raise ValueError(f"kimg must be > 0, got {kimg}")
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if not (lr_decay_start_kimg >= 0):
+            raise ValueError(f"lr_decay_start_kimg must be >= 0, got {lr_decay_start_kimg}")
         self.step = step
         self.stage = str(stage)
         self.batch_size = int(batch_size)
@@ -146,8 +159,7 @@ class Trainer:
         self.system = system
         self.configs = dict(configs or {})
         self.extras = dict(extras or {})
-        self.lr_decay_start_kimg = float(self.kimg * 2.0 / 3.0 if lr_decay_start_kimg is None
-                                         else lr_decay_start_kimg)
+        self.lr_decay_start_kimg = float(lr_decay_start_kimg)
         self.log_every = int(log_every)
         self.keep = int(keep)
         self.num_workers = int(num_workers)

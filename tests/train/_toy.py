@@ -123,3 +123,12 @@ def weights_of(step):
         for k, v in getattr(step, name).state_dict().items():
             out[f"{name}.{k}"] = v.clone()
     return out
+
+
+def loop_args(kimg, **kw):
+    """The Trainer's loop settings for the toy tests (the Trainer holds no defaults of its own:
+    these are the tests' choices), with ``kw`` replacing any of them."""
+    args = dict(kimg=kimg, device="cpu", seed=0, lr_decay_start_kimg=kimg * 2.0 / 3.0, log_every=20,
+                ckpt_every_kimg=0.0, image_every_kimg=0.0, keep=3, num_workers=0)
+    args.update(kw)
+    return args

@@ -124,5 +124,14 @@ def test_cli_all_stages(tmp_path, one_thread, capsys):
     s1 = load_checkpoint(out / "stage1" / "final.pt")
     s2 = load_checkpoint(out / "stage2" / "final.pt")
     assert (s1.stage, s2.stage) == ("1", "2")
+    # every checkpoint records the whole run config: the one home of the loop settings
+    from fastep.config import from_dict
+    from fastep.zoo.step.run_config import RunConfig
+
+    for ck in (s1, s2, load_checkpoint(out / "final.pt")):
+        assert json.loads(json.dumps(ck.configs["run"])) == m["config"]
+        run = from_dict(RunConfig, ck.configs["run"])
+        assert (run.stage2_kimg, run.log_every, run.keep, run.workers, run.out) == (0.004, 2, 3, 0, str(out))
+        assert not {"out_dir", "num_workers", "log_every", "keep_ckpts"} & set(ck.configs["train"])
     for k, v in s1.weights["E"].items():  # stage 2 keeps the pre-trained E bit-identical
         assert torch.equal(v, s2.weights["E"][k]), k

@@ -33,7 +33,7 @@ def _tiny_cfgs():
     mc = ModelConfig.tiny(resolution=32, d_mbstd=False)  # mbstd mixes the batch: not DDP-invariant
     lc = LossConfig.preset("ours_v3", perceptual_backbone="random")
     tc = TrainConfig(stage=3, approach="ours_v3", batch_size=2, resolution=32, compile=False, amp=False,
-                     channels_last=False, fused_adam=False, device="cpu", num_workers=0)
+                     channels_last=False, fused_adam=False, device="cpu")
     return mc, lc, tc
 
 
@@ -115,14 +115,14 @@ def _toy_ddp_step():
 
 def _trainer_run(rank, out_dir, mode):
     if True:
-        from _toy import ToyPairs
+        from _toy import ToyPairs, loop_args
         from fastep.train.trainer import Trainer
 
         step = _toy_ddp_step()
         if mode == "resume":
             torch.manual_seed(1000 + rank)
-        tr = Trainer(step, ToyPairs(n=21), system="toy", stage="3", batch_size=2, kimg=0.036, out_dir=out_dir, seed=1,
-                     log_every=2, ckpt_every_kimg=0.012, progress=False, tensorboard=False)
+        tr = Trainer(step, ToyPairs(n=21), system="toy", stage="3", batch_size=2, out_dir=out_dir, progress=False,
+                     tensorboard=False, **loop_args(0.036, seed=1, log_every=2, ckpt_every_kimg=0.012))
 
         def stop(t):
             if mode == "interrupt" and t.step_idx == 7:

@@ -31,7 +31,7 @@ def _broadcast_case(rank, root):
     mc = ModelConfig.tiny(resolution=32)
     lc = LossConfig.preset("ours_v3", perceptual_backbone="random")
     tc = TrainConfig(stage=3, approach="ours_v3", batch_size=2, resolution=32, compile=False, amp=False,
-                     channels_last=False, fused_adam=False, device="cpu", num_workers=0)
+                     channels_last=False, fused_adam=False, device="cpu")
     torch.manual_seed(100 + rank)  # different initial weights on each rank
     models = build_models(mc, "cpu")
     before = {k: {n: p.detach().clone() for n, p in getattr(models, k).named_parameters()} for k in "GED"}
@@ -42,7 +42,7 @@ def _broadcast_case(rank, root):
 
 
 def _toy_trainer(rank, out_dir, nan_at=None, **kw):
-    from _toy import ToyPairs, ToyStep
+    from _toy import ToyPairs, ToyStep, loop_args
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from fastep.train.trainer import Trainer
@@ -51,8 +51,9 @@ def _toy_trainer(rank, out_dir, nan_at=None, **kw):
     step = ToyStep(nan_at=nan_at)
     for k in "GED":
         setattr(step.models, k, DDP(getattr(step.models, k)))
-    return Trainer(step, ToyPairs(n=24), system="toy", stage="3", batch_size=2, out_dir=out_dir, seed=1, progress=False,
-                   tensorboard=False, **kw)
+    hooks = {k: kw.pop(k) for k in ("configs", "extras", "max_steps", "n_grid", "log") if k in kw}
+    return Trainer(step, ToyPairs(n=24), system="toy", stage="3", batch_size=2, out_dir=out_dir, progress=False,
+                   tensorboard=False, **hooks, **loop_args(kw.pop("kimg"), seed=1, **kw))
 
 
 def _stop_case(rank, root, what):

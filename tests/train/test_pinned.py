@@ -47,6 +47,23 @@ def test_format0_checkpoint_loads_through_the_zoo_with_the_same_outputs():
     assert torch.allclose(tr.z_stats["mu"], torch.tensor(rec["mu"]))
 
 
+@pytest.mark.parametrize("name", ["final.pt", "stage3-00000002.pt"])
+def test_format0_train_config_parses_without_its_retired_loop_keys(name):
+    """The loop settings left TrainConfig (their one home is the RunConfig); the train configs of
+    older checkpoints, which hold them, still parse, and any other unknown key is still refused."""
+    from fastep.config import ConfigError
+    from fastep.train.checkpoint import load_checkpoint
+    from fastep.zoo.step.config import RETIRED_TRAIN_KEYS, TrainConfig
+
+    d = load_checkpoint(FIXTURES / name).configs["train"]
+    assert set(RETIRED_TRAIN_KEYS) <= set(d)
+    tc = TrainConfig.from_dict(d)
+    assert (tc.stage, tc.approach, tc.batch_size, tc.resolution, tc.kimg, tc.seed) == (3, "ours_v3", 4, 16, 0.02, 0)
+    assert not any(hasattr(tc, k) for k in RETIRED_TRAIN_KEYS)
+    with pytest.raises(ConfigError, match="bogus"):
+        TrainConfig.from_dict({**d, "bogus": 1})
+
+
 # ``aligned_convs`` (fastep.nn.aligned) computes the same convolutions with padded channels: exact
 # in real arithmetic, so its float32 sums round differently (tested exact in float64 in tests/nn);
 # three steps of training carry that to ~4e-5 in the batch-summed KL. The plain networks must

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _toy import ToyPairs, ToyStep, weights_of  # noqa: E402
+from _toy import ToyPairs, ToyStep, loop_args, weights_of  # noqa: E402
 
 from fastep.train.checkpoint import CheckpointManager  # noqa: E402
 from fastep.train.trainer import Trainer  # noqa: E402
@@ -26,8 +26,9 @@ def _run(out, workers, seed=0, stop_at=None, resume=False):
     torch.manual_seed(seed)
     step = ToyStep()
     # 12 steps of batch 4 over 22 images (5 batches / epoch): the stop at 7 is mid-epoch 2
-    tr = Trainer(step, ToyPairs(n=22), system="toy", stage="2", batch_size=4, kimg=0.048, out_dir=out, seed=3, log_every=3,
-                 ckpt_every_kimg=0.012, progress=False, tensorboard=False, num_workers=workers)
+    tr = Trainer(step, ToyPairs(n=22), system="toy", stage="2", batch_size=4, out_dir=out, progress=False,
+                 tensorboard=False,
+                 **loop_args(0.048, seed=3, log_every=3, ckpt_every_kimg=0.012, num_workers=workers))
 
     def stop(t):
         if t.step_idx == stop_at:
@@ -67,8 +68,8 @@ class CountingPairs(ToyPairs):
 def test_resume_mid_epoch_decodes_only_the_remaining_images(tmp_path):
     def trainer(ds):
         torch.manual_seed(0)
-        return Trainer(ToyStep(), ds, system="toy", stage="2", batch_size=4, kimg=0.048, out_dir=tmp_path, seed=3,
-                       log_every=3, ckpt_every_kimg=0.012, progress=False, tensorboard=False, num_workers=0)
+        return Trainer(ToyStep(), ds, system="toy", stage="2", batch_size=4, out_dir=tmp_path, progress=False,
+                       tensorboard=False, **loop_args(0.048, seed=3, log_every=3, ckpt_every_kimg=0.012))
 
     def stop(t):
         if t.step_idx == 7:

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from _toy import ToyPairs, ToyStep, weights_of
+from _toy import ToyPairs, ToyStep, loop_args, weights_of
 from fastep.train.checkpoint import CheckpointManager, load_checkpoint
 from fastep.data.loader import ResumableSampler, make_loader
 from fastep.train.trainer import NonFiniteLossError, Trainer, lr_scale_at
@@ -14,10 +14,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tests: see tests/conf
 
 
 def _trainer(step, out, **kw):
-    args = dict(system="toy", stage="2", batch_size=4, kimg=0.056, out_dir=out, seed=3, log_every=3,
-                ckpt_every_kimg=0.016, progress=False, tensorboard=False)
+    kimg = kw.pop("kimg", 0.056)
+    args = dict(system="toy", stage="2", batch_size=4, out_dir=out, progress=False, tensorboard=False,
+                **loop_args(kimg, seed=3, log_every=3, ckpt_every_kimg=0.016,
+                            lr_decay_start_kimg=0.25 * kimg))  # the decay a quarter into the run
     args.update(kw)
-    args.setdefault("lr_decay_start_kimg", 0.25 * args["kimg"])  # a quarter into the run
     return Trainer(step, ToyPairs(n=22), **args)
 
 
@@ -132,10 +133,25 @@ def test_outputs_metrics_grids_and_tensorboard_note(tmp_path):
         assert any("pip install tensorboard" in n for n in notes)
 
 
+def test_loop_settings_have_no_defaults_in_the_trainer():
+    """Their one home is the run config (RunConfig for StEP): the Trainer requires every one."""
+    import inspect
+
+    params = inspect.signature(Trainer.__init__).parameters
+    loop = ("device", "batch_size", "kimg", "seed", "lr_decay_start_kimg", "log_every", "ckpt_every_kimg",
+            "image_every_kimg", "keep", "num_workers")
+    assert all(params[k].kind is inspect.Parameter.KEYWORD_ONLY and params[k].default is inspect.Parameter.empty
+               for k in loop)
+    with pytest.raises(TypeError, match="log_every"):
+        args = loop_args(0.056)
+        del args["log_every"]
+        Trainer(ToyStep(), ToyPairs(n=22), system="toy", stage="2", batch_size=4, out_dir="unused", **args)
+
+
 def test_too_small_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="fewer than one batch"):
-        Trainer(ToyStep(), ToyPairs(n=3), system="toy", stage="2", batch_size=4, kimg=1, out_dir=tmp_path,
-                progress=False)
+        Trainer(ToyStep(), ToyPairs(n=3), system="toy", stage="2", batch_size=4, out_dir=tmp_path,
+                progress=False, **loop_args(1))
 
 
 # ----------------------------------------------------------------------------- the real TrainStep
@@ -148,7 +164,7 @@ def _real_step(seed):
     mc = ModelConfig.tiny(resolution=32)
     lc = LossConfig.preset("ours_v3", perceptual_backbone="random")
     tc = TrainConfig(stage=3, approach="ours_v3", batch_size=2, resolution=32, compile=False, amp=False,
-                     channels_last=False, fused_adam=False, device="cpu", num_workers=0)
+                     channels_last=False, fused_adam=False, device="cpu")
     return TrainStep(build_models(mc, "cpu", seed=seed), lc, tc, 3), mc, tc
 
 
@@ -158,8 +174,9 @@ def test_real_step_resume_bit_identical_and_load_models(tmp_path, one_thread):
     from fastep.train.checkpoint import load_models
 
     def trainer(step, out, mc, tc):
-        return Trainer(step, ToyPairs(n=10, res=32), system="step", stage="3", batch_size=2, kimg=0.012,
-                       out_dir=out, seed=0, log_every=2, ckpt_every_kimg=0.006, progress=False, lr_decay_start_kimg=0.0036,
+        return Trainer(step, ToyPairs(n=10, res=32), system="step", stage="3", batch_size=2, out_dir=out,
+                       progress=False,
+                       **loop_args(0.012, seed=0, log_every=2, ckpt_every_kimg=0.006, lr_decay_start_kimg=0.0036),
                        configs={"model": dataclasses.asdict(mc), "train": dataclasses.asdict(tc)})
 
     ref, mc, tc = _real_step(0)
@@ -230,13 +247,14 @@ def test_cuda_compiled_trainer_checkpoint_resume_and_load(tmp_path):
     mc = ModelConfig.tiny(resolution=64)
     lc = LossConfig.preset("ours_v3", perceptual_backbone="random")
     tc = TrainConfig(stage=3, approach="ours_v3", batch_size=4, resolution=64, compile=True, amp=True,
-                     channels_last=True, device="cuda", num_workers=0)
+                     channels_last=True, device="cuda")
 
     def trainer(out, max_steps=None):
         step = TrainStep(build_models(mc, "cuda", seed=0), lc, tc, 3)
-        return step, Trainer(step, ToyPairs(n=16, res=64), system="step", stage="3", batch_size=4, kimg=0.032,
-                             out_dir=out, device="cuda", log_every=2, ckpt_every_kimg=0.016, progress=False,
-                             image_every_kimg=0.032, max_steps=max_steps,
+        return step, Trainer(step, ToyPairs(n=16, res=64), system="step", stage="3", batch_size=4,
+                             out_dir=out, progress=False, max_steps=max_steps,
+                             **loop_args(0.032, device="cuda", log_every=2, ckpt_every_kimg=0.016,
+                                         image_every_kimg=0.032),
                              configs={"model": dataclasses.asdict(mc), "train": dataclasses.asdict(tc)})
 
     _, tr = trainer(tmp_path, max_steps=4)
@@ -273,14 +291,14 @@ _KILL_RUN = """
 import sys, torch
 sys.path.insert(0, sys.argv[2])
 torch.set_num_threads(1)
-from _toy import ToyPairs, ToyStep
+from _toy import ToyPairs, ToyStep, loop_args
 from fastep.train.trainer import Trainer
 torch.manual_seed(0)
 step = ToyStep()
 pad = torch.randn(4_000_000, generator=torch.Generator().manual_seed(1))  # 16 MB per checkpoint: writing takes long enough to be caught mid-write
-Trainer(step, ToyPairs(n=22), system="toy", stage="2", batch_size=4, kimg=0.12, out_dir=sys.argv[1], seed=3,
-        log_every=3, ckpt_every_kimg=0.008, progress=False, tensorboard=False, lr_decay_start_kimg=0.03,
-        extras={"pad": pad}, keep=2).fit(resume=True)
+Trainer(step, ToyPairs(n=22), system="toy", stage="2", batch_size=4, out_dir=sys.argv[1], progress=False,
+        tensorboard=False, extras={"pad": pad},
+        **loop_args(0.12, seed=3, log_every=3, ckpt_every_kimg=0.008, lr_decay_start_kimg=0.03, keep=2)).fit(resume=True)
 """
 
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ...config import from_dict
 
-__all__ = ["ModelConfig", "LossConfig", "OptimConfig", "TrainConfig", "PRESETS", "APPROACHES", "APPROACH_TABLE",
+__all__ = ["ModelConfig", "LossConfig", "OptimConfig", "TrainConfig", "RETIRED_TRAIN_KEYS", "PRESETS", "APPROACHES", "APPROACH_TABLE",
            "LOSS_FLAGS", "canonical_approach"]
 
 
@@ -310,6 +310,12 @@ class OptimConfig:
 
 _DEFAULT_KIMG = {1: 100.0, 2: 250.0, 3: 700.0}
 
+#: Keys that ``train_cfg`` / ``configs["train"]`` of older checkpoints hold and TrainConfig no
+#: longer has: the loop settings, whose one home is the run configuration
+#: (:class:`fastep.zoo.step.run_config.RunConfig`: ``out``, ``workers``, ``log_every``,
+#: ``ckpt_every``, ``keep``; checkpoints record it as ``configs["run"]``).
+RETIRED_TRAIN_KEYS = ("out_dir", "num_workers", "log_every", "ckpt_every_kimg", "keep_ckpts")
+
 
 @dataclass
 class TrainConfig:
@@ -326,6 +332,10 @@ class TrainConfig:
     separate graphs (approaches share them through the on-disk cache); ``"step"`` compiles the
     whole forward as one graph.  ``combo_kernels`` asks inductor to batch small independent
     kernels (the per-parameter casts) into combined Triton launches (CUDA; off until measured).
+
+    The loop settings (output folder, workers, logging, checkpoint intervals) are not here: they
+    belong to the run configuration (:class:`~fastep.zoo.step.run_config.RunConfig`) and the
+    :class:`~fastep.train.trainer.Trainer` that it drives.
     """
 
     stage: int = 2
@@ -351,11 +361,6 @@ class TrainConfig:
     eager_fp32: bool = False
     device: str = "auto"
     seed: int = 0
-    out_dir: str = "runs/fastep"
-    num_workers: int = 4
-    log_every: int = 50
-    ckpt_every_kimg: float = 10.0
-    keep_ckpts: int = 3
 
     def __post_init__(self):
         if isinstance(self.optim, dict):
@@ -369,19 +374,16 @@ class TrainConfig:
         if canonical_approach(self.approach) not in APPROACH_TABLE:
             raise ValueError(f"TrainConfig.approach must be one of {PRESETS}, got {self.approach!r}")
         self.approach = canonical_approach(self.approach)
-        for n in ("batch_size", "resolution", "num_workers", "log_every", "keep_ckpts", "seed"):
+        for n in ("batch_size", "resolution", "seed"):
             _check_type(self, n, int, "an int")
         if self.batch_size < 1:
             raise ValueError(f"TrainConfig.batch_size must be >= 1, got {self.batch_size}")
         if self.resolution < 16 or self.resolution % 16:
             raise ValueError(f"TrainConfig.resolution must be a multiple of 16 (>= 16), got {self.resolution}")
-        if self.num_workers < 0 or self.log_every < 1 or self.keep_ckpts < 1:
-            raise ValueError("TrainConfig: num_workers must be >= 0, log_every and keep_ckpts >= 1")
         if self.kimg is not None:
             _positive(self, "kimg")
         if self.lr_decay_start_kimg is not None:
             _positive(self, "lr_decay_start_kimg", allow_zero=True)
-        _positive(self, "ckpt_every_kimg")
         _check_type(self, "ema", (int, float), "a number")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"TrainConfig.ema must be in [0, 1) (0 disables EMA), got {self.ema}")
@@ -420,8 +422,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
-        """``cls(**d)`` for a dict from ``dataclasses.asdict``; an unknown key is an error naming it."""
-        return from_dict(cls, d)
+        """``cls(**d)`` for a dict from ``dataclasses.asdict``; an unknown key is an error naming it
+        (the :data:`RETIRED_TRAIN_KEYS` of older checkpoints are dropped)."""
+        return from_dict(cls, d, retired=RETIRED_TRAIN_KEYS)
 
     def replace(self, **kw) -> "TrainConfig":
         return replace(self, **kw)

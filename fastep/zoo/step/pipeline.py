@@ -119,9 +119,7 @@ def _configs(run: RunConfig, stage: str, device: torch.device, kimg: Optional[fl
                             resolution=run.model.resolution, kimg=kimg,
                             lr_decay_start_kimg=None if kimg is None else kimg * run.lr_decay_start,
                             compile=run.compile, amp=run.amp, channels_last=run.channels_last,
-                            cuda_graphs=run.cuda_graphs, device=str(device), seed=run.seed, out_dir=str(run.out),
-                            num_workers=run.workers, log_every=run.log_every,
-                            ckpt_every_kimg=run.ckpt_every or kimg or 1.0, keep_ckpts=run.keep, ema=run.ema)
+                            cuda_graphs=run.cuda_graphs, device=str(device), seed=run.seed, ema=run.ema)
     return model_cfg, loss_cfg, train_cfg
 
 
@@ -165,7 +163,8 @@ def run_stage1(root: Path, run: RunConfig, device: torch.device) -> Dict[str, An
         metrics = {"stage": "1", "images": len(images_u8), "mine_s": t_mine, "train_s": time.perf_counter() - t1,
                    "history": history}
         ckpt = Checkpoint(system="step", stage="1", complete=True, metrics=metrics,
-                          configs={"model": _asdict(model_cfg), "train": _asdict(train_cfg), "stage1": _asdict(cfg)},
+                          configs={"model": _asdict(model_cfg), "train": _asdict(train_cfg), "stage1": _asdict(cfg),
+                                   "run": run.to_dict()},
                           weights={"E": E_sd, "E_ema": E_sd})
         ckpt.save(final)
         write_json_atomic(metrics, out / "metrics.json")
@@ -220,11 +219,12 @@ def run_gan_stage(stage: str, root: Path, run: RunConfig, device: torch.device,
         _log(f"fastep: stage {stage}: no {prev}; starting from freshly initialised networks")
     step = TrainStep(models, loss_cfg, train_cfg, stage=int(stage))
     ds = _dataset(root, run, augment=True)
-    configs = {"model": _asdict(model_cfg), "train": _asdict(train_cfg), "loss": _asdict(loss_cfg)}
+    configs = {"model": _asdict(model_cfg), "train": _asdict(train_cfg), "loss": _asdict(loss_cfg),
+               "run": run.to_dict()}  # the loop settings (out, workers, log_every, ckpt_every, keep) live here
     trainer = Trainer(step, ds, stage=stage, batch_size=run.batch, kimg=kimg, out_dir=out, device=device,
                       seed=run.seed + int(stage), system="step", configs=configs,
                       extras={"approach": run.approach},
-                      lr_decay_start_kimg=train_cfg.decay_start_kimg,
+                      lr_decay_start_kimg=kimg * run.lr_decay_start,
                       log_every=run.log_every, ckpt_every_kimg=run.ckpt_every,
                       image_every_kimg=run.image_every, keep=run.keep, num_workers=run.workers,
                       progress=run.progress)
