@@ -371,13 +371,6 @@ def lpips_fwd(f0s: Sequence[torch.Tensor], f1s: Sequence[torch.Tensor], ws: Sequ
     return part.sum(1)
 
 
-def _dense(f: torch.Tensor) -> torch.Tensor:
-    """``f`` itself when its elements do not overlap in memory (contiguous or channels_last), else a contiguous copy."""
-    if f.is_contiguous() or f.is_contiguous(memory_format=torch.channels_last):
-        return f
-    return f.contiguous()
-
-
 def lpips_layer_fwd(f0: torch.Tensor, f1: torch.Tensor, w: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     """Per-sample LPIPS layer distance (float32 tensor of shape (N,))."""
     return lpips_fwd([f0], [f1], [w], eps)
@@ -392,7 +385,8 @@ def lpips_layer_bwd(grad: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor, w: t
     orig0, orig1 = f0, f1
     # The gradients are written with the inputs' strides, so an input whose elements overlap
     # (e.g. a batch of one expanded to N, stride 0) would make every sample write one buffer.
-    f0, f1 = _dense(f0), _dense(f1)
+    f0 = f0 if _dense(f0) else f0.contiguous()
+    f1 = f1 if _dense(f1) else f1.contiguous()
     f0, st0 = _pix_strides(f0)
     f1, st1 = _pix_strides(f1)
     w = w.reshape(-1).to(torch.float32).contiguous()
