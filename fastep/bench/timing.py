@@ -1,11 +1,11 @@
 """Building and timing one training step: the fast path and the eager baselines."""
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from typing import Any, Dict, Optional
 
+from ..config import override
 from .paper import APPROACHES
 
 
@@ -23,10 +23,6 @@ def reset_compiler() -> None:
         torch._dynamo.reset()
     except Exception:  # noqa: BLE001
         pass
-
-def _filtered(cls, **kwargs):
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in kwargs.items() if k in names})
 
 #: The implementations a case can time: fastep's fast path and the two eager baselines.
 IMPL_LABELS = {"fastep": "fast path", "baseline": "eager fp32", "baseline_bf16": "eager bf16"}
@@ -116,10 +112,10 @@ def make_step(approach: str, batch: int, resolution: int, impl: str, device, *,
     from fastep.zoo.step.config import LossConfig, ModelConfig, TrainConfig
     from fastep.zoo.step.train_step import make_train_step
 
-    model_cfg = _filtered(ModelConfig, resolution=resolution, **(model_overrides or {}))
+    model_cfg = override(ModelConfig(resolution=resolution), model_overrides or {}, what="bench model config")
     sw = step_switches(impl, device, compile, cuda_graphs)
-    train_cfg = _filtered(TrainConfig, stage=3, approach=approach, batch_size=batch,
-                          resolution=resolution, device=str(device), seed=seed, **sw)
+    train_cfg = TrainConfig(stage=3, approach=approach, batch_size=batch,
+                            resolution=resolution, device=str(device), seed=seed, **sw)
     loss_cfg = LossConfig.preset(approach, perceptual_backbone=perceptual_backbone)
     torch.backends.cudnn.benchmark = True
     return BenchStep(make_train_step(train_cfg, model_cfg, torch.device(device), loss_cfg=loss_cfg), impl)
