@@ -309,6 +309,8 @@ class OptimConfig:
 # ----------------------------------------------------------------------------- training
 
 _DEFAULT_KIMG = {1: 100.0, 2: 250.0, 3: 700.0}
+#: where the LR starts its linear decay, as a fraction of a GAN stage (the official 600 of 900 kimg)
+DEFAULT_LR_DECAY_START = 2.0 / 3.0
 
 #: Keys that ``train_cfg`` / ``configs["train"]`` of older checkpoints hold and TrainConfig no
 #: longer has: the loop settings, whose one home is the run configuration
@@ -411,7 +413,7 @@ class TrainConfig:
         """LR decay start (default: two thirds of the run, as the official 600 of 900 kimg)."""
         if self.lr_decay_start_kimg is not None:
             return float(self.lr_decay_start_kimg)
-        return self.total_kimg * 2.0 / 3.0
+        return self.total_kimg * DEFAULT_LR_DECAY_START
 
     def resolved_device(self):
         import torch

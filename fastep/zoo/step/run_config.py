@@ -17,7 +17,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ...config import ConfigError, choose, from_dict, override
 from .config import PRESETS as APPROACH_NAMES
-from .config import ModelConfig, canonical_approach
+from .config import _DEFAULT_KIMG, DEFAULT_LR_DECAY_START, ModelConfig, TrainConfig, canonical_approach
+
+# The step's settings that a run also names take their defaults from TrainConfig, their one home.
+_STEP_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 __all__ = ["RunConfig", "PRESETS", "STAGES", "resolve_run_config", "parse_value"]
 
@@ -45,18 +48,18 @@ class RunConfig:
 
     out: str = "runs/fastep"
     data: str = "builtin"
-    approach: str = "ours_v3"
+    approach: str = _STEP_DEFAULTS["approach"]
     stages: Tuple[str, ...] = STAGES
-    device: str = "auto"
-    seed: int = 0
+    device: str = _STEP_DEFAULTS["device"]
+    seed: int = _STEP_DEFAULTS["seed"]
     resume: bool = False
     init: Optional[str] = None
     progress: bool = True
     vgg_weights: str = "auto"
-    batch: int = 8
-    stage2_kimg: float = 250.0
-    stage3_kimg: float = 700.0
-    lr_decay_start: float = 2.0 / 3.0
+    batch: int = _STEP_DEFAULTS["batch_size"]
+    stage2_kimg: float = _DEFAULT_KIMG[2]
+    stage3_kimg: float = _DEFAULT_KIMG[3]
+    lr_decay_start: float = DEFAULT_LR_DECAY_START
     n_train: int = 5000
     n_val: int = 500
     stage1_epochs: int = 20
@@ -66,13 +69,13 @@ class RunConfig:
     log_every: int = 50
     workers: int = 8
     keep: int = 3
-    compile: bool = True
-    amp: bool = True
-    channels_last: bool = True
-    cuda_graphs: bool = False
+    compile: bool = _STEP_DEFAULTS["compile"]
+    amp: bool = _STEP_DEFAULTS["amp"]
+    channels_last: bool = _STEP_DEFAULTS["channels_last"]
+    cuda_graphs: bool = _STEP_DEFAULTS["cuda_graphs"]
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: Dict[str, Any] = field(default_factory=dict)
-    ema: float = 0.999
+    ema: float = _STEP_DEFAULTS["ema"]
     mining_layers: Optional[Tuple[str, ...]] = None
 
     def __post_init__(self):
