@@ -227,18 +227,11 @@ def oracle_metrics(G, E, model_cfg, extras, data_root: Path, cfg: EvalConfig, de
                    progress: bool = True) -> Dict[str, object]:
     """:func:`fastep.eval.oracle.translation_report` of a loaded model: the sampled codes are the
     checkpoint's mapper and N(mu, sigma) where it has them, else codes of random validation images."""
-    from .oracle import load_or_train_oracle, translation_report
+    from .oracle import checkpoint_code_samplers, load_or_train_oracle, translation_report
 
     oracle = load_or_train_oracle(data_root, cfg.oracle_config, device="cpu", progress=progress,
                                   log=lambda m: print(m, file=sys.stderr, flush=True))
-    codes: Dict[str, Callable] = {}
-    mapper, zs = extras.get("mapper"), extras.get("z_stats")
-    if mapper is not None:
-        nd = getattr(mapper, "noise_dim", None) or model_cfg.z_dim
-        codes["mapper"] = lambda k, g: mapper(torch.randn(k, nd, generator=g).to(device))
-    if zs is not None:
-        codes["gaussian"] = lambda k, g: zs["mu"].to(device) + zs["sigma"].to(device) * torch.randn(
-            k, len(zs["mu"]), generator=g).to(device)
+    codes = checkpoint_code_samplers(extras, model_cfg.z_dim, device)
     if not codes:
         val = _val_tensors(data_root, int(model_cfg.resolution), None)
         codes["images"] = lambda k, g: E(val["B"][torch.randint(0, len(val["B"]), (k,), generator=g)].to(device))

@@ -568,6 +568,20 @@ def summary_lines(report: Dict[str, object]) -> List[str]:
     return lines
 
 
+def checkpoint_code_samplers(extras: Dict[str, object], z_dim: int, device) -> Dict[str, Callable]:
+    """The sampled-code generators ``(k, generator) -> codes`` a checkpoint's extras provide: its
+    mapper (``"mapper"``) and its N(mu, sigma) code statistics (``"gaussian"``), where present."""
+    codes: Dict[str, Callable] = {}
+    mapper, zs = extras.get("mapper"), extras.get("z_stats")
+    if mapper is not None:
+        nd = getattr(mapper, "noise_dim", None) or z_dim
+        codes["mapper"] = lambda k, g: mapper(torch.randn(k, nd, generator=g).to(device))
+    if zs is not None:
+        codes["gaussian"] = lambda k, g: zs["mu"].to(device) + zs["sigma"].to(device) * torch.randn(
+            k, len(zs["mu"]), generator=g).to(device)
+    return codes
+
+
 def quick_report(checkpoint: Union[str, Path], root: Union[str, Path], device="cpu", ema: bool = True,
                  **kw) -> Dict[str, object]:
     """:func:`translation_report` of a checkpoint written by ``fastep train`` (EMA weights unless
@@ -576,13 +590,6 @@ def quick_report(checkpoint: Union[str, Path], root: Union[str, Path], device="c
 
     kw.setdefault("oracle", load_or_train_oracle(root, device=device))
     G, E, mcfg, extras = load_models(checkpoint, device, ema=ema)
-    codes = {}
-    mapper, zs = extras.get("mapper"), extras.get("z_stats")
-    if mapper is not None:
-        nd = getattr(mapper, "noise_dim", None) or mcfg.z_dim
-        codes["mapper"] = lambda k, g: mapper(torch.randn(k, nd, generator=g).to(device))
-    if zs is not None:
-        codes["gaussian"] = lambda k, g: zs["mu"].to(device) + zs["sigma"].to(device) * torch.randn(
-            k, len(zs["mu"]), generator=g).to(device)
+    codes = checkpoint_code_samplers(extras, mcfg.z_dim, device)
     with torch.no_grad():
         return translation_report(G, E, root, sample_codes=codes or None, device=device, **kw)
