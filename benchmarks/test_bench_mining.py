@@ -94,24 +94,16 @@ def _data(key, make):
 def mm_topk_baseline(x, k_near=K_NEAR, k_far=K_FAR, block=1024):
     """Chunked GEMM formulation: |x_i|^2 + |x_j|^2 - 2 x_i.x_j with ``torch.mm`` in x's dtype
     (bf16 inputs -> fp32 output on CUDA), self masked, ``topk`` of both ends; all N^2 pairs."""
-    n = x.shape[0]
     sq = x.float().square().sum(1)
-    out = [[], [], [], []]
-    for s in range(0, n, block):
-        xb = x[s:s + block]
+
+    def row_distances(s, e):
         if x.is_cuda and x.dtype != torch.float32:
-            g = torch.mm(xb, x.t(), out_dtype=torch.float32)
+            g = torch.mm(x[s:e], x.t(), out_dtype=torch.float32)
         else:
-            g = torch.mm(xb, x.t()).float()
-        d = (sq[s:s + block, None] + sq[None, :] - 2 * g).clamp_min_(0)
-        r = torch.arange(d.shape[0], device=x.device)
-        d[r, r + s] = float("inf")
-        dn, inn = torch.topk(d, k_near, dim=1, largest=False)
-        d[r, r + s] = float("-inf")
-        df, inf = torch.topk(d, k_far, dim=1, largest=True)
-        for lst, v in zip(out, (inn, dn, inf, df)):
-            lst.append(v)
-    return tuple(torch.cat(v) for v in out)
+            g = torch.mm(x[s:e], x.t()).float()
+        return (sq[s:e, None] + sq[None, :] - 2 * g).clamp_min_(0)
+
+    return R.chunked_topk_baseline(x, row_distances, k_near, k_far, block)
 
 
 def fastep_flops(n, d, block_rows, half_diagonal):

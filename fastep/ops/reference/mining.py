@@ -70,12 +70,14 @@ def pair_sqdist_reference(x, y, i, j):
     return (x[i].double() - y[j].double()).square().sum(-1)
 
 
-def cdist_topk_baseline(x, k_near=5, k_far=13, block=1024):
-    """The eager baseline: chunked torch.cdist + topk of both ends (self excluded), same dtype as x."""
+def chunked_topk_baseline(x, row_distances, k_near=5, k_far=13, block=1024):
+    """An eager all-pairs baseline: for each block of ``block`` rows starting at ``s``,
+    ``row_distances(s, e)`` gives their squared distances to every row, (e - s, N); self is
+    excluded and ``topk`` takes both ends.  Returns (near_idx, near_d, far_idx, far_d)."""
     n = x.shape[0]
     out = [[], [], [], []]
     for s in range(0, n, block):
-        d = torch.cdist(x[s:s + block], x).square_()
+        d = row_distances(s, min(s + block, n))
         r = torch.arange(d.shape[0], device=x.device)
         d[r, r + s] = float("inf")
         dn, inn = torch.topk(d, k_near, dim=1, largest=False)
@@ -86,5 +88,10 @@ def cdist_topk_baseline(x, k_near=5, k_far=13, block=1024):
     return tuple(torch.cat(v) for v in out)
 
 
+def cdist_topk_baseline(x, k_near=5, k_far=13, block=1024):
+    """The eager baseline: chunked torch.cdist + topk of both ends (self excluded), same dtype as x."""
+    return chunked_topk_baseline(x, lambda s, e: torch.cdist(x[s:e], x).square_(), k_near, k_far, block)
+
+
 __all__ = ['mine_neighbours_reference', 'topk_update_reference', 'pair_sqdist_reference',
-           'cdist_topk_baseline']
+           'chunked_topk_baseline', 'cdist_topk_baseline']
