@@ -135,6 +135,15 @@ class Checkpoint:
         return self.weights.get(name)
 
 
+def checkpoint_config(ckpt, name: str = "model") -> Dict[str, Any]:
+    """The configuration dict ``ckpt.configs[name]`` a checkpoint was written with (a
+    :class:`CheckpointError` when it has none); every zoo system reads its networks' config so."""
+    data = ckpt.configs.get(name)
+    if data is None:
+        raise CheckpointError(f"the checkpoint has no {name} configuration (configs[{name!r}])")
+    return data
+
+
 _FIELDS = tuple(f.name for f in dataclasses.fields(Checkpoint))
 
 #: Keys of the flat dicts written before format 1 (all by StEP) and where format 1 keeps them.

@@ -33,11 +33,9 @@ __all__ = ["SYSTEM", "BridgeConfig", "PRESETS", "build_networks", "Generator", "
 def config_from_checkpoint(ckpt) -> BridgeConfig:
     """The :class:`BridgeConfig` a checkpoint's networks were built with (``configs['model']``)."""
     from ...config import ConfigError
-    from ...train.checkpoint import CheckpointError
+    from ...train.checkpoint import CheckpointError, checkpoint_config
 
-    data = ckpt.configs.get("model")
-    if data is None:
-        raise CheckpointError("the checkpoint has no model configuration (configs['model'])")
+    data = checkpoint_config(ckpt)
     try:
         return BridgeConfig.from_dict(data)
     except (ConfigError, TypeError, ValueError) as err:

@@ -55,12 +55,9 @@ class Translator:
 def config_from_checkpoint(ckpt) -> DeepI2IConfig:
     """The :class:`DeepI2IConfig` a checkpoint's networks were built with."""
     from ...config import from_dict
-    from ...train.checkpoint import CheckpointError
+    from ...train.checkpoint import checkpoint_config
 
-    data = ckpt.configs.get("model")
-    if data is None:
-        raise CheckpointError("the checkpoint has no model configuration (configs['model'])")
-    return from_dict(DeepI2IConfig, data, what="DeepI2I model config")
+    return from_dict(DeepI2IConfig, checkpoint_config(ckpt), what="DeepI2I model config")
 
 
 def load_translator(ckpt, device: torch.device, ema: bool = True, source: str = "the checkpoint") -> Translator:

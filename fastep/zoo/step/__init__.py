@@ -38,12 +38,9 @@ PRESETS = {
 def model_config_from_checkpoint(ckpt) -> ModelConfig:
     """The :class:`ModelConfig` a checkpoint's networks were built with."""
     from ...config import from_dict
-    from ...train.checkpoint import CheckpointError
+    from ...train.checkpoint import checkpoint_config
 
-    data = ckpt.configs.get("model")
-    if data is None:
-        raise CheckpointError("the checkpoint has no model configuration (configs['model'])")
-    return from_dict(ModelConfig, data, what="StEP model config")
+    return from_dict(ModelConfig, checkpoint_config(ckpt), what="StEP model config")
 
 
 _MAPPER_ARGS = ("z_dim", "noise_dim", "hidden", "n_hidden")
