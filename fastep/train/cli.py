@@ -44,8 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any run-config key (model.<field> for the networks); repeatable")
     p.add_argument("--print-config", action="store_true", help="print the resolved run configuration and exit")
-    p.add_argument("--stage", default="all", choices=STAGES,
-                   help="which stage to train (default: all = 1, 2, 3, mapper)")
+    p.add_argument("--stage", default="all",
+                   help="which stage to train (default: all; StEP: 1, 2, 3, mapper; deepi2i: biggan, transfer)")
     p.add_argument("--data", default=None,
                    help="pix2pix AB folder (train/, val/) or A/ + B/ folders, or 'builtin' (default): "
                         "the generated shapes->styles set, made once under OUT/data")
@@ -97,7 +97,8 @@ def overrides_from_args(args) -> dict:
     from ..zoo.step.run_config import parse_value
 
     out = {key: getattr(args, dest) for dest, key in _FLAG_KEYS.items() if getattr(args, dest, None) is not None}
-    out["stages"] = ("1", "2", "3", "mapper") if args.stage == "all" else (args.stage,)
+    if args.stage != "all":  # all: the system's own stages (its run config's default)
+        out["stages"] = (args.stage,)
     if args.kimg is not None:
         if args.kimg <= 0:
             raise ValueError(f"--kimg must be > 0, got {args.kimg}")

@@ -1,7 +1,7 @@
 """The model zoo: every image-to-image system fastep trains, behind one registry.
 
     >>> import fastep.zoo as zoo
-    >>> zoo.systems()                                    # ('step', 'bridgegan', 'deepi2i')
+    >>> zoo.systems()                                    # ('step', 'bridgegan', 'deepi2i', 'biggan')
     >>> nets = zoo.build("step", preset="cpu", z_dim=16)  # {"G": ..., "E": ..., "D": ...}
     >>> tr = zoo.load("runs/fastep/final.pt")             # StEP: a Translator
     >>> y = tr.translate(a, style=b)                      # images in [-1, 1], (N, 3, H, W)
@@ -27,6 +27,7 @@ ENTRIES: Dict[str, str] = {
     "step": "fastep.zoo.step",
     "bridgegan": "fastep.zoo.bridgegan",
     "deepi2i": "fastep.zoo.deepi2i",
+    "biggan": "fastep.zoo.biggan",
 }
 
 _LOADED: Dict[str, System] = {}

@@ -1,10 +1,8 @@
 """DeepI2I as a zoo entry: build through the registry, the checkpoint -> Translator path, and
-the honest 'no training yet' answer of ``fastep train --system deepi2i``."""
+the registration of its stages (the training runs are in test_deepi2i_pipeline)."""
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +15,8 @@ from fastep.zoo.deepi2i import PRESETS, Translator
 def test_registry_builds_every_preset():
     assert "deepi2i" in zoo.systems()
     system = zoo.get("deepi2i")
-    assert set(system.presets) == {"paper", "gpu", "cpu"} and system.train is None and system.stages == ()
+    assert set(system.presets) == {"paper", "gpu", "cpu"} and system.stages == ("biggan", "transfer")
+    assert system.train is not None and zoo.get("biggan").stages == ("biggan",)
     nets = zoo.build("deepi2i", "cpu", n_classes=4)
     assert set(nets) == {"G", "D", "E", "A"} and nets["G"].shared.weight.shape == (4, 128)
     assert zoo.resolve_config("deepi2i", "gpu") == PRESETS["gpu"]()
@@ -73,11 +72,3 @@ def test_bad_checkpoints(tmp_path, checkpoint):
         with pytest.raises(CheckpointError) as err:
             zoo.load(path)
         assert msg in str(err.value) and "\n" not in str(err.value)
-
-
-def test_train_cli_says_training_is_not_there_yet():
-    r = subprocess.run([sys.executable, "-m", "fastep", "train", "--system", "deepi2i", "--preset", "cpu"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode != 0
-    assert r.stderr.strip().splitlines() == [
-        "fastep train: error: system 'deepi2i' has no training entry yet; trainable: step"]
