@@ -71,13 +71,13 @@ def biggan_folder(run: RunConfig) -> Path:
     return Path(run.biggan).expanduser() if run.biggan else Path(run.out) / "biggan" / "weights"
 
 
-def _configs(run: RunConfig, model) -> Dict[str, Any]:
-    return {"model": dataclasses.asdict(model), "step": dataclasses.asdict(run.step), "run": run.to_dict()}
+def _configs(run: RunConfig, model, step) -> Dict[str, Any]:
+    return {"model": dataclasses.asdict(model), "step": dataclasses.asdict(step), "run": run.to_dict()}
 
 
 def _trainer(step, ds, run: RunConfig, stage: str, kimg: float, device, system: str, configs) -> Trainer:
     return Trainer(step, ds, stage=stage, system=system, out_dir=Path(run.out) / stage, device=device,
-                   batch_size=run.step.batch, kimg=kimg, seed=run.seed + (11 if stage == "biggan" else 23),
+                   batch_size=step.cfg.batch, kimg=kimg, seed=run.seed + (11 if stage == "biggan" else 23),
                    lr_decay_start_kimg=kimg, log_every=run.log_every, ckpt_every_kimg=run.ckpt_every,
                    image_every_kimg=run.image_every, keep=run.keep, num_workers=run.workers, configs=configs,
                    extras={"classes": run.classes}, progress=run.progress)
@@ -104,11 +104,12 @@ def run_biggan_stage(run: RunConfig, device: torch.device, source: Path) -> Dict
         return load_checkpoint(final).metrics or {}
     torch.manual_seed(run.seed)
     nets = build_nets(run.model)
-    step = BigGANStep(nets, run.step, device)
+    step = BigGANStep(nets, run.biggan_step, device)
     ds = labeled_builtin(source, "train", run.resolution, run.classes)
     _log(f"fastep: stage biggan: class-conditional BigGAN on {len(ds)} source images "
          f"({run.model.n_classes} {run.classes} classes), {run.biggan_kimg:g} kimg")
-    trainer = _trainer(step, ds, run, "biggan", run.biggan_kimg, device, "biggan", _configs(run, run.model))
+    configs = _configs(run, run.model, run.biggan_step)
+    trainer = _trainer(step, ds, run, "biggan", run.biggan_kimg, device, "biggan", configs)
     metrics = trainer.fit(resume=run.resume)
     n = step.networks()
     save_biggan(out / "weights", n["G"], n["D"], G_ema=n.get("G_ema"), config=run.model, itr=trainer.step_idx)
@@ -155,7 +156,7 @@ def run_transfer_stage(run: RunConfig, device: torch.device, target: Path, nets=
     ds = labeled_builtin(target, "train", run.resolution, run.classes, run.target_fraction)
     _log(f"fastep: stage transfer ({run.step.mode}): from {source} on {len(ds)} target images, "
          f"{run.transfer_kimg:g} kimg (phase 1: {run.step.phase1} updates)")
-    trainer = _trainer(step, ds, run, "transfer", run.transfer_kimg, device, "deepi2i", _configs(run, model))
+    trainer = _trainer(step, ds, run, "transfer", run.transfer_kimg, device, "deepi2i", _configs(run, model, run.step))
     metrics = trainer.fit(resume=run.resume)
     _finish(trainer, metrics, final)
     _log(f"fastep: stage transfer done: {metrics['kimg']:.3f} kimg in {metrics['wall_s']:.1f} s -> {final}")

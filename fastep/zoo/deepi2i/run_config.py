@@ -38,7 +38,8 @@ class RunConfig:
     takes the folder's first ``model.n_classes`` class rows when it has more (as DeepI2I does).  Lengths in thousands of
     images: ``biggan_kimg``, ``transfer_kimg``; the learning rate stays constant (as in
     BigGAN and DeepI2I).  Intervals: ``ckpt_every``/``image_every`` (kimg; 0 only at the end),
-    ``log_every`` (updates).  ``step``: the optimisation of both stages; ``model``: the networks.
+    ``log_every`` (updates).  ``step``: the transfer's optimisation, ``biggan_step`` the stand-in's
+(its ``mode``, phase and reconstruction settings are unused); ``model``: the networks.
     """
 
     out: str = "runs/deepi2i"
@@ -66,6 +67,7 @@ class RunConfig:
     workers: int = 0
     model: DeepI2IConfig = field(default_factory=DeepI2IConfig)
     step: StepConfig = field(default_factory=StepConfig)
+    biggan_step: StepConfig = field(default_factory=StepConfig)
 
     def __post_init__(self):
         def bad(name, what):
@@ -107,8 +109,9 @@ class RunConfig:
             choose(self.class_map, ("first",), "deepi2i class_map")
         if not isinstance(self.model, DeepI2IConfig):
             bad("model", "a DeepI2IConfig")
-        if not isinstance(self.step, StepConfig):
-            bad("step", "a StepConfig")
+        for name in ("step", "biggan_step"):
+            if not isinstance(getattr(self, name), StepConfig):
+                bad(name, "a StepConfig")
         want = n_classes_of(self.classes)
         if self.model.n_classes != want:
             raise ConfigError(f"deepi2i run config: classes {self.classes!r} has {want} classes on the built-in "
@@ -136,14 +139,16 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "gpu": {"classes": "style", "n_source": 20000, "n_train": 6000, "n_val": 600, "biggan_kimg": 500.0,
             "transfer_kimg": 200.0, "ckpt_every": 50.0, "image_every": 25.0, "model": "gpu"},
     # a CPU run on 2 cores in minutes: 64 px (BigGAN's smallest architecture here), ch 8, the 6
-    # palette classes, batch 2 x 4 accumulated, phase 1 scaled with the length
-    "cpu": {"classes": "palette", "n_source": 2000, "n_train": 600, "n_val": 200, "biggan_kimg": 6.0,
-            "transfer_kimg": 4.0, "ckpt_every": 2.0, "image_every": 2.0, "log_every": 25, "model": "cpu",
-            "step": {"micro_batch": 4, "accumulations": 2, "phase1_steps": 50}},
+    # palette classes; the stand-in at batch 8 with an EMA that starts after 200 of its 500
+    # updates, the transfer at 4 x 2 accumulated with phase 1 scaled to 50 of its 375 updates
+    "cpu": {"classes": "palette", "n_source": 2000, "n_train": 600, "n_val": 200, "biggan_kimg": 4.0,
+            "transfer_kimg": 3.0, "ckpt_every": 1.0, "image_every": 1.0, "log_every": 25, "model": "cpu",
+            "step": {"micro_batch": 4, "accumulations": 2, "phase1_steps": 50},
+            "biggan_step": {"micro_batch": 8, "accumulations": 1, "g_ema": 0.99, "ema_start": 200}},
 }
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
-_NESTED = ("model", "step")
+_NESTED = ("model", "step", "biggan_step")
 
 
 def _nest(overrides: Mapping[str, Any]) -> Dict[str, Any]:
@@ -152,10 +157,10 @@ def _nest(overrides: Mapping[str, Any]) -> Dict[str, Any]:
         head, _, rest = str(key).partition(".")
         if head not in _FIELDS:
             raise ConfigError(f"unknown deepi2i run config key {key!r}; valid: {', '.join(_FIELDS)} "
-                              "(and model.<field>, step.<field>)")
+                              "(and model.<field>, step.<field>, biggan_step.<field>)")
         if rest:
             if head not in _NESTED:
-                raise ConfigError(f"unknown deepi2i run config key {key!r}: only model.<field> and step.<field> "
+                raise ConfigError(f"unknown deepi2i run config key {key!r}: only model, step and biggan_step "
                                   "have sub-keys")
             out.setdefault(head, {})[rest] = value
         elif head in _NESTED and isinstance(value, Mapping):
@@ -182,9 +187,11 @@ def resolve_run_config(preset: Optional[str] = None, overrides: Optional[Mapping
         model = override(model, merged.pop("model", {}), what="deepi2i model config")
         step = override(override(StepConfig(), base.pop("step", {})), merged.pop("step", {}),
                         what="deepi2i step config")
+        biggan_step = override(override(StepConfig(), base.pop("biggan_step", {})), merged.pop("biggan_step", {}),
+                               what="deepi2i biggan_step config")
         base.update(merged)
         if isinstance(base.get("stages"), list):
             base["stages"] = tuple(base["stages"])
-        return from_dict(RunConfig, {**base, "model": model, "step": step}, what="deepi2i run config")
+        return from_dict(RunConfig, {**base, "model": model, "step": step, "biggan_step": biggan_step}, what="deepi2i run config")
     except TypeError as err:
         raise ConfigError(str(err)) from None

@@ -70,6 +70,8 @@ class StepConfig:
         rec_pairing: ``paired`` (each translation against its own input) or ``code``.
         train_encoder: train E (``None``: only in scratch mode).
         g_ema: decay of the EMA of G per update in stage ``biggan`` (0: no EMA; DeepI2I keeps none).
+        ema_start: updates before the EMA starts averaging (until then it copies G), as
+            BigGAN-PyTorch's ``--ema_start``.
     """
 
     mode: str = "transfer"
@@ -85,6 +87,7 @@ class StepConfig:
     rec_pairing: str = "paired"
     train_encoder: Optional[bool] = None
     g_ema: float = 0.999
+    ema_start: int = 20000
 
     def __post_init__(self):
         choose(self.mode, MODES, "DeepI2I step mode")
@@ -93,9 +96,10 @@ class StepConfig:
             v = getattr(self, n)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"DeepI2I step {n} must be an int >= 1, got {v!r}")
-        v = self.phase1_steps
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ConfigError(f"DeepI2I step phase1_steps must be an int >= 0, got {v!r}")
+        for n in ("phase1_steps", "ema_start"):
+            v = getattr(self, n)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"DeepI2I step {n} must be an int >= 0, got {v!r}")
         for n in ("g_lr", "d_lr", "adam_eps"):
             v = getattr(self, n)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
@@ -104,6 +108,8 @@ class StepConfig:
             v = getattr(self, n)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
                 raise ConfigError(f"DeepI2I step {n} must be a number in [0, 1), got {v!r}")
+        for n in ("g_lr", "d_lr", "adam_eps", "beta1", "beta2", "g_ema"):  # Adam refuses int betas
+            object.__setattr__(self, n, float(getattr(self, n)))
         try:
             object.__setattr__(self, "rec_weights", tuple((int(s), float(w)) for s, w in self.rec_weights))
         except (TypeError, ValueError):
@@ -194,7 +200,8 @@ class _GANStep:
         self.base_lrs: Dict[str, List[float]] = {}
 
     def _add_opt(self, name: str, groups: List[Tuple[List[nn.Parameter], float]]) -> None:
-        groups = [(list(p), lr) for p, lr in groups if list(p)]
+        groups = [(list(p), lr) for p, lr in groups]  # lists first: the arguments may be generators
+        groups = [(p, lr) for p, lr in groups if p]
         if not groups:
             return
         opt = torch.optim.Adam([{"params": p, "lr": lr} for p, lr in groups],
@@ -286,7 +293,8 @@ class _GANStep:
 
 class BigGANStep(_GANStep):
     """Class-conditional BigGAN training (the stand-in for a pretrained BigGAN): nets ``G``, ``D``
-    and, when ``cfg.g_ema > 0``, an EMA copy ``G_ema`` (parameters averaged, buffers copied)."""
+    and, when ``cfg.g_ema > 0``, an EMA copy ``G_ema`` (parameters averaged from update
+    ``cfg.ema_start`` on, copied before; buffers copied)."""
 
     def __init__(self, nets: Dict[str, nn.Module], cfg: StepConfig, device="cpu"):
         super().__init__({"G": nets["G"], "D": nets["D"]}, cfg, device)
@@ -312,8 +320,9 @@ class BigGANStep(_GANStep):
         if "G_ema" in self.nets:
             with torch.no_grad():
                 ema = self.nets["G_ema"]
+                w = 1.0 - self.cfg.g_ema if self.step_count >= self.cfg.ema_start else 1.0
                 for pe, p in zip(ema.parameters(), G.parameters()):
-                    pe.lerp_(p, 1.0 - self.cfg.g_ema)
+                    pe.lerp_(p, w)
                 for be, b in zip(ema.buffers(), G.buffers()):
                     be.copy_(b)
         self.step_count += 1

@@ -34,6 +34,19 @@ def _same(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _params(net):
+    return {k: v.detach().clone() for k, v in net.named_parameters()}
+
+
+_ATTENTION = ("theta.", "phi.", ".g.", ".o.")
+
+
+def _all_moved(a, b):
+    """Every parameter tensor changed (an update reached each one, not only the buffers); the
+    attention convs are left out: behind gamma = 0 their first gradient is exactly zero."""
+    return all(not torch.equal(a[k], b[k]) for k in a if not any(t in k for t in _ATTENTION))
+
+
 def test_hinge_and_rec_on_hand_made_values():
     real, fake = hinge_d(torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.0]))
     assert real.item() == pytest.approx(2.5 / 3) and fake.item() == pytest.approx(1.0)
@@ -66,22 +79,28 @@ def test_phase_routing_transfer_and_scratch():
     step = TransferStep(nets, StepConfig(micro_batch=2, accumulations=2, phase1_steps=1))
     x, y = _batch(4)
     before = {k: _state(v) for k, v in step.nets.items()}
+    p0 = {k: _params(v) for k, v in step.nets.items()}
     out = step(x, y)
     assert out["phase"].item() == 1.0
     after = {k: _state(v) for k, v in step.nets.items()}
+    p1 = {k: _params(v) for k, v in step.nets.items()}
     assert _same(before["G"], after["G"]) and _same(before["E"], after["E"])  # buffers included
-    assert not _same(before["A"], after["A"]) and not _same(before["D"], after["D"])
+    assert _all_moved(p0["A"], p1["A"]) and _all_moved(p0["D"], p1["D"])
     out = step(x, y)
     assert out["phase"].item() == 2.0
     again = {k: _state(v) for k, v in step.nets.items()}
-    assert not _same(after["G"], again["G"]) and not _same(after["A"], again["A"])
-    assert not _same(after["D"], again["D"]) and _same(after["E"], again["E"])
+    p2 = {k: _params(v) for k, v in step.nets.items()}
+    assert _all_moved(p1["G"], p2["G"]) and _all_moved(p1["A"], p2["A"]) and _all_moved(p1["D"], p2["D"])
+    assert _same(after["E"], again["E"])
 
     scratch = TransferStep(_nets(), StepConfig(mode="scratch", micro_batch=2, accumulations=1, phase1_steps=5))
     x, y = _batch(2)
-    before = {k: _state(v) for k, v in scratch.nets.items()}
+    before = {k: _params(v) for k, v in scratch.nets.items()}
     assert scratch(x, y)["phase"].item() == 2.0  # scratch mode has no phase 1
-    assert all(not _same(before[k], _state(v)) for k, v in scratch.nets.items())  # E learns too
+    # every net learns, E included (E's unused projection head gets no gradient)
+    moved = {k: _all_moved({n: t for n, t in before[k].items() if not n.startswith(("linear", "embed"))},
+                           _params(v)) for k, v in scratch.nets.items()}
+    assert moved == {"G": True, "D": True, "E": True, "A": True}
 
 
 def _reference_losses(nets, x, y, noise, k, m, weights):
@@ -201,6 +220,20 @@ def test_resume_is_bit_identical(tmp_path, kind):
     for name, net in full.networks().items():
         assert _same(_state(net), _state(resumed.networks()[name])), name
     assert set(full.networks()) == ({"G", "D", "E", "A"} if kind == "transfer" else {"G", "D", "G_ema"})
+
+
+def test_biggan_step_updates_G_and_D_and_the_ema_follows():
+    step = BigGANStep(_nets(), StepConfig(micro_batch=2, accumulations=2, g_ema=0.5, ema_start=1))
+    x, y = _batch(4)
+    p0 = {k: _params(v) for k, v in step.nets.items()}
+    step(x, y)  # update 0 < ema_start: the EMA copies G
+    p1 = {k: _params(v) for k, v in step.nets.items()}
+    assert _all_moved(p0["G"], p1["G"]) and _all_moved(p0["D"], p1["D"])
+    assert _same(p1["G"], p1["G_ema"])
+    step(x, y)  # from ema_start on: G_ema = 0.5 * G_ema + 0.5 * G
+    p2 = {k: _params(v) for k, v in step.nets.items()}
+    for k in p2["G"]:
+        torch.testing.assert_close(p2["G_ema"][k], 0.5 * p1["G"][k] + 0.5 * p2["G"][k])
 
 
 def test_bad_batches_are_refused():
