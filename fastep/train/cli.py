@@ -102,13 +102,20 @@ def overrides_from_args(args) -> dict:
     if args.kimg is not None:
         if args.kimg <= 0:
             raise ValueError(f"--kimg must be > 0, got {args.kimg}")
-        if args.stage == "2":
+        if getattr(args, "system", "step") != "step":
+            out["kimg"] = args.kimg  # a one-stage system: one length
+        elif args.stage == "2":
             out["stage2_kimg"] = args.kimg
         elif args.stage == "3":
             out["stage3_kimg"] = args.kimg
         elif args.stage == "all":
             out.setdefault("stage3_kimg", args.kimg)
             out.setdefault("stage2_kimg", args.kimg * 250.0 / 700.0)
+    if getattr(args, "eval", True) is False and getattr(args, "system", "step") != "step":
+        from .. import zoo
+
+        if zoo.get(args.system).extra.get("evaluates_in_train"):
+            out["eval"] = False  # a system whose train() ends with its own evaluation (run-config key eval)
     if args.width:
         try:
             g, e, d = (int(x) for x in str(args.width).split(","))
@@ -180,7 +187,8 @@ def run(args) -> int:
     if main:
         print(f"fastep train: done ({summary.get('wall_s', 0):.1f} s); metrics: {opts.out}/metrics.json"
               + (f"; checkpoint for eval: {summary['final_checkpoint']}" if summary.get("final_checkpoint") else ""))
-        if getattr(args, "eval", True) and args.stage == "all" and summary.get("final_checkpoint"):
+        if getattr(args, "eval", True) and args.stage == "all" and summary.get("final_checkpoint") \
+                and args.system == "step":  # other systems evaluate inside their own train()
             from .summary import evaluate_run, format_summary
 
             try:

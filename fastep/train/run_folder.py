@@ -18,7 +18,9 @@ __all__ = ["RunFolderError", "stage_outputs", "existing_outputs", "prepare_run_f
 
 #: what each stage writes under OUT
 _STAGE_OUTPUTS = {"1": ("stage1",), "2": ("stage2",), "3": ("stage3",), "mapper": ("mapper", "final.pt"),
-                  "biggan": ("biggan",), "transfer": ("transfer", "final.pt")}
+                  "biggan": ("biggan",), "transfer": ("transfer", "final.pt"),
+                  # a one-stage system (BridgeGAN)
+                  "train": ("train", "final.pt", "eval", "metrics.json")}
 #: what the main job (every stage) writes besides the stages' own outputs
 _JOB_OUTPUTS = ("metrics.json", "eval.json", "eval.md")
 _ALL = ("1", "2", "3", "mapper")

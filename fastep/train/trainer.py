@@ -70,12 +70,18 @@ class NonFiniteLossError(RuntimeError):
                            "disable AMP (--no-amp) or resume from that checkpoint.")
 
 
-def _unpack_batch(batch) -> Tuple[torch.Tensor, torch.Tensor]:
+def _unpack_batch(batch, keys: Tuple[str, ...] = ("A", "B")) -> Tuple[torch.Tensor, ...]:
+    """The tensors a step takes, in order: ``batch[k]`` for ``k`` in ``keys`` of a dict batch,
+    the first ``len(keys)`` entries of a tuple batch."""
     if isinstance(batch, dict):
-        return batch["A"], batch["B"]
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    raise TypeError(f"a batch must be a dict with 'A' and 'B' or an (A, B) pair, got {type(batch).__name__}")
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise KeyError(f"a batch lacks the key(s) {missing} the step takes; it has {sorted(batch)}")
+        return tuple(batch[k] for k in keys)
+    if isinstance(batch, (tuple, list)) and len(batch) >= len(keys):
+        return tuple(batch[:len(keys)])
+    raise TypeError(f"a batch must be a dict with the keys {list(keys)} or a tuple of {len(keys)} tensors, "
+                    f"got {type(batch).__name__}")
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -128,12 +134,15 @@ class Trainer:
     ckpt_every_kimg, image_every_kimg : intervals (0: only at the end).
     keep : number of checkpoints kept.
     num_workers : data-loader workers (per process).
+    batch_keys : the keys of a data-set item the step takes, in call order: ``step(*tensors)``
+        and ``preview(*tensors, seed=...)`` (StEP: ``("A", "B")``; a labelled system may take
+        ``("image", "label", "index")``).
     """
 
     def __init__(self, step, dataset, *, stage: str, system: str, out_dir: Union[str, os.PathLike],
                  device: Union[str, torch.device], batch_size: int, kimg: float, seed: int,
                  lr_decay_start_kimg: float, log_every: int, ckpt_every_kimg: float, image_every_kimg: float,
-                 keep: int, num_workers: int,
+                 keep: int, num_workers: int, batch_keys: Tuple[str, ...] = ("A", "B"),
                  configs: Optional[Dict[str, Any]] = None, extras: Optional[Dict[str, Any]] = None,
                  progress: bool = True, tensorboard: bool = True,
                  n_grid: int = 8, max_steps: Optional[int] = None, log: Callable[[str], None] = None):
@@ -163,6 +172,9 @@ class Trainer:
         self.log_every = int(log_every)
         self.keep = int(keep)
         self.num_workers = int(num_workers)
+        self.batch_keys = tuple(batch_keys)
+        if not self.batch_keys:
+            raise ValueError("batch_keys must name at least one key")
         self.n_grid = int(n_grid)
         self.rank, self.world = dist_info()
         self.main = self.rank == 0
@@ -356,10 +368,9 @@ class Trainer:
         if self._grid_batch is None:
             # seeded per item, global RNG untouched: the grid never perturbs the training stream
             fixed = SeededDataset(self.data.dataset, seed=self.seed)
-            items = [fixed[i] for i in range(min(self.n_grid, len(fixed)))]
-            A = torch.stack([_unpack_batch(it)[0] for it in items])
-            B = torch.stack([_unpack_batch(it)[1] for it in items])
-            self._grid_batch = (A, B)
+            items = [_unpack_batch(fixed[i], self.batch_keys) for i in range(min(self.n_grid, len(fixed)))]
+            self._grid_batch = tuple(torch.stack([torch.as_tensor(it[j]) for it in items])
+                                     for j in range(len(self.batch_keys)))
         with torch.random.fork_rng(devices=[]):
             grid = preview(*self._grid_batch, seed=self.seed)
         name = f"stage{self.stage}_{self.step_idx:08d}.png"
@@ -396,11 +407,9 @@ class Trainer:
                 self.sampler.skip_next(self.pos * self.batch_size)
                 self._loader_gen.manual_seed(self.seed * 1000 + self.epoch)
                 for batch in self.loader:
-                    A, B = _unpack_batch(batch)
-                    A = A.to(self.device, non_blocking=True)
-                    B = B.to(self.device, non_blocking=True)
+                    tensors = [t.to(self.device, non_blocking=True) for t in _unpack_batch(batch, self.batch_keys)]
                     self._set_lr()
-                    losses = self.step(A, B)
+                    losses = self.step(*tensors)
                     self._pending.append(self._row(losses))
                     self.step_idx += 1
                     self.pos += 1
