@@ -4,16 +4,18 @@ vector and the attribute difference, through a mapping network) and reference-ba
 encoder on a reference image) codes in one spatial style space, fused additively and fed to a
 SPADE generator.
 
-In progress: the networks, the codes and every loss, and the labelled data exist; the training
-step (5 critic updates per generator update), the trainer integration, checkpoints, sampling and
-evaluation do not yet.  Hence ``SYSTEM`` builds networks from its presets but has no training
-entry, and loading a checkpoint is an error that says so.
+Training: ``fastep train --system bridgegan --preset cpu`` (:mod:`.run_config`, :mod:`.pipeline`,
+the step :class:`~.train_step.BridgeTrainStep`: ``n_critic`` WGAN-GP critic updates on as many
+batches per generator update); inference: :class:`~.inference.BridgeModel` (what
+``fastep.zoo.load`` returns; ``fastep sample`` with ``--set`` / ``--ref``); evaluation on the
+built-in data: :mod:`.evaluate`.
 
 * :class:`BridgeConfig` and its presets ``paper`` (128 px, 14 attributes), ``cpu`` (64 px, the
   built-in set's 15 attributes, widths halved), ``tiny`` (:mod:`.config`);
 * the networks G, M, E, D/C (:mod:`.networks`), :func:`build_networks`;
 * the codes and losses, :class:`LossWeights` presets ``paper`` and ``code``, the release's
   :class:`LatentBank` update (:mod:`.losses`);
+* :class:`RunConfig` and its run presets ``paper`` and ``cpu`` (:mod:`.run_config`);
 * :class:`AttributeSpace`, :class:`BuiltinAttributes`, :class:`CelebAAttributes` (:mod:`.attributes`).
 """
 from __future__ import annotations
@@ -43,19 +45,34 @@ def config_from_checkpoint(ckpt) -> BridgeConfig:
 
 
 def _load(ckpt, device, ema=True, source="the checkpoint"):
-    from ...train.checkpoint import CheckpointError
+    from .inference import load_model
 
-    raise CheckpointError(f"checkpoint {source!r}: this fastep cannot use BridgeGAN checkpoints yet "
-                          f"(the system has networks and losses but no trainer or inference object)")
+    return load_model(ckpt, device, ema, source)
+
+
+def _run_config(preset=None, overrides=None):
+    from .run_config import resolve_run_config
+
+    return resolve_run_config(preset, overrides)
+
+
+def _train(run):
+    from .pipeline import run_training
+
+    return run_training(run)
 
 
 SYSTEM = System(
     name="bridgegan",
-    summary="BridgeGAN: label- and reference-based multi-attribute translation (networks and losses; "
-            "no training entry yet)",
+    summary="BridgeGAN: label- and reference-based multi-attribute translation (SPADE G, mapping M, "
+            "style encoder E, WGAN-GP critic/classifier)",
     config_type=BridgeConfig,
     presets=PRESETS,
     build=build_networks,
     load=_load,
     config_from_checkpoint=config_from_checkpoint,
+    stages=("train",),
+    run_config=_run_config,
+    train=_train,
+    extra={"evaluates_in_train": True},  # --no-eval sets the run config's eval to false
 )

@@ -90,9 +90,9 @@ def test_discriminator_rows(paper_nets):
     assert d.critic(torch.empty(N, 3, 128, 128, device="meta")).shape == (N, 1)
 
 
-@pytest.mark.parametrize("preset", ["cpu", "tiny"])
+@pytest.mark.parametrize("preset", ["cpu", "half", "tiny"])
 def test_small_presets_run(preset):
-    cfg = {"cpu": BridgeConfig.cpu, "tiny": BridgeConfig.tiny}[preset]()
+    cfg = {"cpu": BridgeConfig.cpu, "half": BridgeConfig.half, "tiny": BridgeConfig.tiny}[preset]()
     nets = build_networks(cfg)
     R, N = cfg.resolution, 2
     x = torch.rand(N, 3, R, R) * 2 - 1
@@ -104,8 +104,8 @@ def test_small_presets_run(preset):
     assert y.shape == x.shape and y.abs().max() <= 1 and torch.isfinite(y).all()
     adv, cls = nets["D"](y)
     assert adv.shape == (N, 1) and cls.shape == (N, cfg.n_attrs)
-    if preset == "cpu":
-        assert cfg.resolution == 64 and cfg.n_attrs == 15
+    if preset in ("cpu", "half"):
+        assert cfg.resolution == {"cpu": 32, "half": 64}[preset] and cfg.n_attrs == 15
 
 
 def test_spade_with_zero_modulation_is_param_free_instance_norm():
@@ -167,15 +167,15 @@ def test_config_validation_and_round_trip():
         BridgeConfig(n_attrs=1.5)
     with pytest.raises(ConfigError, match="unknown BridgeGAN model config key 'width'"):
         BridgeConfig.from_dict({"width": 3})
-    assert BridgeConfig.paper().m_n_up == 4 and BridgeConfig.cpu().m_n_up == 3
+    assert BridgeConfig.paper().m_n_up == 4 and BridgeConfig.half().m_n_up == 3 and BridgeConfig.cpu().m_n_up == 2
 
 
 def test_system_entry_builds_presets():
     import fastep.zoo as zoo
     from fastep.zoo.bridgegan import SYSTEM
 
-    assert SYSTEM.train is None and SYSTEM.run_config is None
-    for preset in ("paper", "cpu", "tiny"):
+    assert SYSTEM.train is not None and SYSTEM.run_config is not None and SYSTEM.stages == ("train",)
+    for preset in ("paper", "cpu", "half", "tiny"):
         cfg = SYSTEM.presets[preset]()
         assert isinstance(cfg, BridgeConfig)
     assert zoo.get("bridgegan") is SYSTEM
@@ -185,21 +185,28 @@ def test_system_entry_builds_presets():
         zoo.build("bridgegan", preset="huge")
 
 
-def test_train_cli_says_bridgegan_cannot_train_yet(capsys, tmp_path):
+def test_train_cli_paper_preset_on_builtin_data_names_the_attribute_count(capsys, tmp_path):
     from fastep.cli import main
 
-    assert main(["train", "--system", "bridgegan", "--out", str(tmp_path / "o")]) == 1
+    # the paper's model has CelebA's 14 attributes, the built-in set 15: refused before any work
+    assert main(["train", "--system", "bridgegan", "--preset", "paper", "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "system 'bridgegan' has no training entry yet" in err, err
+    assert len(err.splitlines()) == 1 and "--set model.n_attrs=15" in err, err
     assert not (tmp_path / "o").exists()
 
 
-def test_loading_a_bridgegan_checkpoint_is_a_clear_error():
-    from fastep.train.checkpoint import CheckpointError
+def test_loading_an_incomplete_bridgegan_checkpoint_is_a_clear_error():
+    import dataclasses
+
+    from fastep.train.checkpoint import Checkpoint, CheckpointError
     from fastep.zoo.bridgegan import SYSTEM, config_from_checkpoint
 
-    with pytest.raises(CheckpointError, match="cannot use BridgeGAN checkpoints yet"):
-        SYSTEM.load(None, torch.device("cpu"), True, "x.pt")
+    ck = Checkpoint(system="bridgegan", stage="train", configs={"model": dataclasses.asdict(BridgeConfig.tiny())})
+    with pytest.raises(CheckpointError, match="'x.pt' has no weights for G"):
+        SYSTEM.load(ck, torch.device("cpu"), True, "x.pt")
+    ck.weights = {k: v.state_dict() for k, v in build_networks(BridgeConfig.tiny()).items()}
+    with pytest.raises(CheckpointError, match="no attribute space"):
+        SYSTEM.load(ck, torch.device("cpu"), True, "x.pt")
 
     class Ckpt:
         configs = {"model": {"resolution": 64, "n_attrs": 15}}
