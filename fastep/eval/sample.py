@@ -105,7 +105,9 @@ def _load(checkpoint: PathLike, device, ema: bool):
 
     model = zoo.load(checkpoint, device, ema=ema)
     if model.system != "step":
-        raise ValueError(f"checkpoint {str(checkpoint)!r} is a {model.system!r} model; these figures are StEP's")
+        raise ValueError(f"checkpoint {str(checkpoint)!r} is a {model.system!r} model; these figures are StEP's"
+                         + ("; edit a BridgeGAN model with --set GROUP=VALUE or --ref IMG --attrs GROUP"
+                            if model.system == "bridgegan" else ""))
     if str(model.extras.get("stage")) == "1":
         raise ValueError(f"checkpoint {str(checkpoint)!r} is from stage 1 (the style encoder only, no trained "
                          "generator); use a stage-2/3 final.pt or the main job's final.pt")
