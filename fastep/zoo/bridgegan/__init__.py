@@ -10,8 +10,8 @@ batches per generator update); inference: :class:`~.inference.BridgeModel` (what
 ``fastep.zoo.load`` returns; ``fastep sample`` with ``--set`` / ``--ref``); evaluation on the
 built-in data: :mod:`.evaluate`.
 
-* :class:`BridgeConfig` and its presets ``paper`` (128 px, 14 attributes), ``cpu`` (64 px, the
-  built-in set's 15 attributes, widths halved), ``tiny`` (:mod:`.config`);
+* :class:`BridgeConfig` and its presets ``paper`` (128 px, 14 attributes), ``cpu`` (32 px, the
+  built-in set's 15 attributes, narrow), ``half`` (64 px, widths halved), ``tiny`` (:mod:`.config`);
 * the networks G, M, E, D/C (:mod:`.networks`), :func:`build_networks`;
 * the codes and losses, :class:`LossWeights` presets ``paper`` and ``code``, the release's
   :class:`LatentBank` update (:mod:`.losses`);
