@@ -8,6 +8,7 @@
   interrupted run resumed with ``--resume`` ends bit-identical to an uninterrupted one; a NaN
   loss exits with status 3 and keeps the last good checkpoint.
 """
+import dataclasses
 import os
 import signal
 
@@ -112,7 +113,8 @@ def test_run_presets_and_errors():
     assert paper.batch == 48 and paper.n_critic == 5 and paper.lr == 2e-4 and (paper.beta1, paper.beta2) == (0.5, 0.999)
     assert paper.model == BridgeConfig.paper() and paper.loss == "paper" and not paper.latent_bank
     assert cpu.model.resolution == 32 and cpu.model.n_attrs == 15 and cpu.images_per_step == cpu.batch * cpu.n_critic
-    assert resolve_run_config("cpu", {"loss": "code"}).loss_weights() == LossWeights.preset("code")
+    assert resolve_run_config("paper", {"loss": "code"}).loss_weights() == LossWeights.preset("code")
+    assert cpu.loss_weights() == dataclasses.replace(LossWeights.preset("code"), cls=50.0)
     assert resolve_run_config("cpu", {"weights.ak": 3}).loss_weights().ak == 3
     for bad, match in (({"nope": 1}, "unknown BridgeGAN run config key"), ({"loss": "x"}, "loss preset"),
                        ({"weights.zz": 1}, "zz"), ({"model.g_nf": 0}, "g_nf"), ({"batch": 1}, "batch")):
