@@ -141,9 +141,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # A run a 2-core CPU finishes in about 10 minutes (README, "BridgeGAN"): 32 x 32 narrow nets
     # (network preset cpu); two critic updates per generator update instead of five (each critic
     # update pays three gradient penalties' double backward); the release's weights with the
-    # classification term x5 and lr 5e-4 (a 6-kimg comparison against the paper's weights at
-    # 2e-4: keep-accuracy 0.73 against 0.63, target accuracy the same); 10 kimg read = 625
-    # generator updates.
+    # classification term x5 and lr 5e-4 (6 kimg so: keep-accuracy 0.73; the paper's weights at
+    # 2e-4 for 8 kimg: 0.63; target accuracy 0.08 in both); 10 kimg read = 625 generator updates.
     "cpu": dict(batch=8, n_critic=2, kimg=10.0, lr=5e-4, loss="code", weights={"cls": 50.0}, n_train=2000,
                 n_val=200, ckpt_every=2.5, image_every=2.5, log_every=25, workers=0, eval_n=120, model="cpu"),
 }
