@@ -21,6 +21,13 @@ triangle, hexagon, star) at random positions, sizes and rotations:
 The content factors (number and type of shapes, their geometry) are recorded too, so that an
 evaluation can check that a style code does *not* encode content.
 
+B is a function of A and the four style factors (format version 2): the texture patterns are
+anchored to the image grid (phase 0), the grain texture is one noise field per data-set seed,
+and the shapes are drawn largest first, so colour slot 1 always goes to the largest shape.  In
+version 1 the texture phase, the grain field and which shape got which palette colour were
+random per image and visible in neither A nor the style: no translation model can reconstruct
+them, and a pixel loss averages them into flat colour.
+
 Rendering is vectorised over a chunk of images in torch (no per-pixel Python), about 2000
 64 x 64 images per second or two on one CPU core.  Everything is drawn from
 ``numpy.random.default_rng((seed, split, index))``, so image ``i`` of a split is the same for
@@ -69,7 +76,7 @@ __all__ = [
 ]
 
 FORMAT = "fastep-builtin"
-VERSION = 1
+VERSION = 2
 
 #: colour schemes: (background, shape 1, shape 2, shape 3), each (hue offset, saturation, value)
 PALETTES: Dict[str, tuple] = {
@@ -90,7 +97,8 @@ STYLE_FACTORS = ("palette", "gradient", "texture", "hue")
 _SPLITS = {"train": 0, "val": 1}
 _GRADIENT_STRENGTH = 0.45
 _TEXTURE_STRENGTH = 0.35
-_GRAIN_CELLS = 16
+_GRAIN_CELLS = 8
+_TEXTURE_PERIODS = 4.0  # pattern periods across the image: 8 px at 32 x 32, coarse enough for stride-2 convs
 
 
 def factor_schema() -> dict:
@@ -108,8 +116,9 @@ def factor_schema() -> dict:
             "shapes": {"kind": "list", "values": list(SHAPES),
                        "fields": ["type", "cx", "cy", "size", "aspect", "angle"],
                        "note": "cx, cy, size in units of the image side; angle in radians; "
-                               "later shapes are drawn on top"},
-            "texture_phase": {"kind": "continuous", "range": [0.0, 1.0]},
+                               "largest first, later shapes are drawn on top"},
+            "texture_phase": {"kind": "continuous", "range": [0.0, 1.0],
+                              "note": "0 for every image: patterns are anchored to the image grid"},
         },
     }
 
@@ -134,6 +143,8 @@ def sample_params(seed: int, split: str, index: int) -> dict:
             "aspect": float(rng.uniform(0.55, 1.0)),
             "angle": float(rng.uniform(0.0, 2 * math.pi)),
         })
+    # largest first: which palette colour a shape gets is then a function of A (see the module doc)
+    shapes.sort(key=lambda sh: -sh["size"])
     params = {
         "palette": int(rng.integers(len(PALETTES))),
         "gradient": int(rng.integers(len(GRADIENTS))),
@@ -141,11 +152,16 @@ def sample_params(seed: int, split: str, index: int) -> dict:
         "hue": float(rng.uniform(0.0, 1.0)),
         "n_shapes": n_shapes,
         "shapes": shapes,
-        "texture_phase": float(rng.uniform(0.0, 1.0)),
+        # render_batch honours other phases (the oracle's re-phased reconstruction ceiling uses it)
+        "texture_phase": 0.0,
     }
-    # the grain texture's coarse noise field (always drawn, so the stream never depends on it)
-    params["_grain"] = rng.random((_GRAIN_CELLS, _GRAIN_CELLS), dtype=np.float32)
+    params["_grain"] = _grain_field(seed)
     return params
+
+
+def _grain_field(seed: int) -> np.ndarray:
+    """The grain texture's coarse noise field: one per data-set seed, shared by every image."""
+    return np.random.default_rng((int(seed), 1 << 20)).random((_GRAIN_CELLS, _GRAIN_CELLS), dtype=np.float32)
 
 
 def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
@@ -226,7 +242,7 @@ def _texture(params: Sequence[dict], res: int) -> torch.Tensor:
     phase = torch.tensor([p["texture_phase"] for p in params], dtype=torch.float32).view(b, 1, 1)
     coords = torch.arange(res, dtype=torch.float32) / res
     yy, xx = coords.view(1, res, 1), coords.view(1, 1, res)
-    freq = 8.0  # periods across the image
+    freq = _TEXTURE_PERIODS
     stripes = (torch.sin(2 * math.pi * (freq * (xx + yy) / math.sqrt(2) + phase)) > 0).float()
     checker = ((torch.floor(freq * xx + phase) + torch.floor(freq * yy + phase)) % 2).float()
     fx = torch.remainder(freq * xx + phase, 1.0) - 0.5

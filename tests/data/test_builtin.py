@@ -206,3 +206,27 @@ def test_render_batch_shapes_and_speed():
     # no timing assert (shared CI machines); a very slow render is only reported
     if dt > 20:
         warnings.warn(f"rendered 200 64x64 pairs in {dt:.2f} s", UserWarning)
+
+
+def test_b_is_a_function_of_a_and_the_style_factors():
+    """Two images with the same shapes and the same style factors render the same B, whatever
+    their index: no per-image randomness (texture phase, grain field, colour order) that
+    neither A nor the style shows."""
+    style = ("palette", "gradient", "texture", "hue")
+    for texture in range(len(B.TEXTURES)):
+        p = dict(B.sample_params(0, "train", 3), texture=texture)
+        q = B.sample_params(0, "train", 11)
+        q = {**q, **{k: p[k] for k in style}, "shapes": p["shapes"], "n_shapes": p["n_shapes"]}
+        a1, b1 = B.render_batch([p], 32)
+        a2, b2 = B.render_batch([q], 32)
+        assert torch.equal(a1, a2) and torch.equal(b1, b2), B.TEXTURES[texture]
+    # the rendering does depend on the texture (so the check above is not vacuous)
+    _, flat = B.render_batch([dict(p, texture=0)], 32)
+    _, dots = B.render_batch([dict(p, texture=3)], 32)
+    assert not torch.equal(flat, dots)
+
+
+def test_shapes_drawn_largest_first():
+    for i in range(50):
+        sizes = [s["size"] for s in B.sample_params(0, "val", i)["shapes"]]
+        assert sizes == sorted(sizes, reverse=True)
