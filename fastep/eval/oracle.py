@@ -18,7 +18,8 @@ shapes, so whether a model *translates* can be measured without a person looking
   ``reconstruction``      PSNR (and LPIPS when given) of G(A_i, E(B_i)) against B_i
   ``sampling``            oracle confidence and Frechet distance (oracle features) of
                           G(A, z) for sampled codes, against real validation images; the share
-                          of bad samples (confidence below ``bad_confidence``); diversity
+                          of bad samples (confidence below ``bad_confidence``, by default the
+                          5th percentile of real renderings' confidence); diversity
   ======================  ==================================================================
 
   each next to its trivial baselines -- a grey image, a flat image of the target's mean colour,
@@ -55,7 +56,7 @@ class OracleConfig:
     """How the oracle is trained (defaults: about half a minute on one CPU core at 32 px)."""
 
     n_images: int = 4000       # training renderings (indices 0.. of the train split's stream)
-    steps: int = 500
+    steps: int = 1500          # the mask head needs it: foreground IoU 0.74 at 500 steps, 0.92 at 1500 (32 px)
     batch_size: int = 64
     lr: float = 2e-3
     width: int = 32
@@ -397,14 +398,17 @@ def translation_report(G, E, root: Union[str, Path], oracle: Optional[StyleOracl
                        sample_codes: Optional[Dict[str, Callable[[int, torch.Generator], Tensor]]] = None,
                        lpips: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
                        max_images: Optional[int] = None, n_div_inputs: int = 16, n_div_styles: int = 8,
-                       bad_confidence: float = 0.5, device: Union[str, torch.device] = "cpu",
+                       bad_confidence: Optional[float] = None, device: Union[str, torch.device] = "cpu",
                        seed: int = 0, batch_size: int = 64) -> Dict[str, object]:
     """The oracle metrics of ``G`` and ``E`` on the built-in validation split (see the module
     docstring), each with its baselines and ceiling.
 
     ``sample_codes``: ``{name: f(n, generator) -> (n, z_dim) codes}`` for sampled outputs (e.g.
     the mapper and N(mu, sigma)); each gets realism (confidence, Frechet distance, share of bad
-    samples) and, with ``lpips``, diversity.  Images are taken at the data set's resolution.
+    samples) and, with ``lpips``, diversity.  A sample is bad when the oracle's confidence in it
+    is below ``bad_confidence``; None (default) calibrates the threshold on real renderings: their
+    5th percentile, so 5 % of real images count as bad and a grey image (which the oracle still
+    labels with some confidence) is bad.  Images are taken at the data set's resolution.
     """
     from fastep.data import BuiltinStyles
 
@@ -468,6 +472,10 @@ def translation_report(G, E, root: Union[str, Path], oracle: Optional[StyleOracl
             rand_style = [params[int(j)] for j in torch.randint(0, n, (k_in * n_div_styles,), generator=gen)]
             cont = [params[i] for i in range(k_in) for _ in range(n_div_styles)]
             real_div = oracle_targets(_style_swap(cont, rand_style), res).images
+            if bad_confidence is None:
+                bad_confidence = float(torch.quantile(oracle.predict(real_div)["confidence"].double(), 0.05))
+                report["bad_confidence_from"] = "the 5th percentile of real renderings"
+            report["bad_confidence"] = bad_confidence
             samp: Dict[str, Dict[str, float]] = {}
             samp["ceiling_real"] = _realism(oracle, real_div, real_feats, bad_confidence)
             for name, img in (("grey", grey), ("flat_mean_colour", _flat_mean(B)),
@@ -556,6 +564,9 @@ def summary_lines(report: Dict[str, object]) -> List[str]:
                  "(textured images)")
     if "sampling" in report:
         real = report["sampling"]["ceiling_real"]
+        if report.get("bad_confidence") is not None:
+            lines.append(f"  (bad sample: oracle confidence below {report['bad_confidence']:.2f}, "
+                         f"{report.get('bad_confidence_from', 'given')})")
         lines.append(f"  sampling (real)    confidence {real['confidence']:.2f}, bad {real['bad_share']:.0%}, "
                      f"Frechet {real['frechet']:.3g}"
                      + (f", diversity {real['lpips_diversity']:.3f}" if "lpips_diversity" in real else ""))

@@ -35,12 +35,14 @@ def test_targets_match_the_renderer_and_the_factor_file(data_root):
     # every image has a shape, and the mask is neither empty nor the whole image
     frac = t.mask.flatten(1).float().mean(1)
     assert (frac > 0).all() and (frac < 1).all()
-    # the outline (black in A) lies on the mask's boundary: next to both inside and outside pixels
+    # the outline (black in A) lies next to the mask; most of it on the mask's boundary (next to
+    # both inside and outside pixels), the rest where a smaller shape lies on a larger one
     black = (t.outlines[:, 0] < 0)
     inside = t.mask.float().unsqueeze(1)
     near_in = torch.nn.functional.max_pool2d(inside, 3, 1, 1)[:, 0] > 0
     near_out = torch.nn.functional.max_pool2d(1 - inside, 3, 1, 1)[:, 0] > 0
-    assert (near_in & near_out)[black].float().mean() > 0.95
+    assert near_in[black].all()
+    assert (near_in & near_out)[black].float().mean() > 0.9
 
 
 def test_records_of_another_renderer_are_refused(data_root):
@@ -127,10 +129,21 @@ def test_a_perfect_translator_scores_the_ceiling_and_grey_the_baseline(data_root
     assert rep["reconstruction"]["flat_mean_colour"]["psnr"] > rep["reconstruction"]["grey"]["psnr"]
     assert rep["headline"]["palette_transfer"] == t["model"]["palette"]
     assert set(rep["sampling"]) == {"images", "grey", "flat_mean_colour", "dataset_mean", "ceiling_real"}
-    assert rep["sampling"]["images"]["bad_share"] == pytest.approx(
-        rep["sampling"]["images"]["bad_share"])  # finite
+    # the bad-sample threshold is calibrated on real renderings: 5 % of them fall below it, and
+    # about as many of the perfect translator's samples (real renderings too)
+    smp = rep["sampling"]
+    assert 0 < rep["bad_confidence"] < 1 and "percentile" in rep["bad_confidence_from"]
+    assert smp["ceiling_real"]["bad_share"] <= 1 / 12  # 12 real samples: at most one below
+    assert smp["images"]["bad_share"] <= 0.25
     lines = O.summary_lines(rep)
     assert any("palette transfer" in ln for ln in lines)
+
+    # an explicit threshold is used as given
+    strict = O.translation_report(perfect.G, perfect.E, data_root, oracle, bad_confidence=1.01,
+                                  sample_codes={"images": lambda k, g: torch.zeros(k, 1)}, n_div_inputs=2,
+                                  n_div_styles=2)
+    assert strict["bad_confidence"] == 1.01 and "bad_confidence_from" not in strict
+    assert strict["sampling"]["images"]["bad_share"] == 1.0
 
     grey = _LookupModel(params, RES, perfect=False)
     rep_g = O.translation_report(grey.G, grey.E, data_root, oracle)
