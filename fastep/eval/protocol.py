@@ -89,6 +89,7 @@ ABLATIONS = {
     "with_texture": {"loss.lambda_texture": 1e8, "loss.perceptual_layers": ["relu1_2", "relu2_2"],
                      "loss.perceptual_weights": [1.0, 1.0]},             # + Gram texture term
     "ema_0999": {"ema": 0.999},                                          # the paper's EMA decay
+    "paper_optim": {"model.equalized_lr": True, "optim.lr_ge": 1e-3, "optim.lr_d": 1e-3},  # equalized convs, lr 1e-3
 }
 
 

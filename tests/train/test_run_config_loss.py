@@ -34,3 +34,20 @@ def test_cpu_preset_documents_its_loss_deviations():
     for key in PRESETS["cpu"].get("loss", {}):
         assert hasattr(LossConfig(), key)
     assert cfg.dir_recon and cfg.d_dir  # the approach's terms are unchanged
+
+
+def test_optimizer_overrides_reach_the_training_step():
+    from fastep.zoo.step.config import OptimConfig
+    from fastep.zoo.step.pipeline import _configs
+
+    paper = resolve_run_config("paper")
+    assert paper.optim == {} and paper.optim_config() == OptimConfig()
+    run = resolve_run_config("paper", {"optim.lr_ge": 3e-3, "optim.betas": [0.5, 0.99], "device": "cpu"})
+    assert run.optim_config().lr_ge == 3e-3 and run.optim_config().betas == (0.5, 0.99)
+    assert run.optim_config().lr_d == OptimConfig().lr_d
+    _, _, train_cfg = _configs(run, "3", "cpu", 1.0)
+    assert train_cfg.optim.lr_ge == 3e-3 and train_cfg.optim.betas == (0.5, 0.99)
+    with pytest.raises(ConfigError, match="lr_bogus"):
+        resolve_run_config("paper", {"optim.lr_bogus": 1})
+    with pytest.raises(ConfigError, match="lr_ge"):
+        resolve_run_config("paper", {"optim.lr_ge": -1})

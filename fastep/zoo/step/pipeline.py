@@ -119,7 +119,8 @@ def _configs(run: RunConfig, stage: str, device: torch.device, kimg: Optional[fl
                             resolution=run.model.resolution, kimg=kimg,
                             lr_decay_start_kimg=None if kimg is None else kimg * run.lr_decay_start,
                             compile=run.compile, amp=run.amp, channels_last=run.channels_last,
-                            cuda_graphs=run.cuda_graphs, device=str(device), seed=run.seed, ema=run.ema)
+                            cuda_graphs=run.cuda_graphs, device=str(device), seed=run.seed, ema=run.ema,
+                            optim=run.optim_config())
     return model_cfg, loss_cfg, train_cfg
 
 

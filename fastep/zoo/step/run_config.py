@@ -41,7 +41,8 @@ class RunConfig:
     ``vgg_weights``: the perceptual loss's VGG16 ("auto": ImageNet if on disk, else seeded random).
     ``init``: checkpoint a single stage starts from (default: the previous stage's final.pt).
     ``loss``: :class:`~fastep.zoo.step.config.LossConfig` fields changed on top of the approach's
-    preset (``--set loss.lambda_pixel=10``; the paper preset changes none); ``ema``: the EMA decay
+    preset (``--set loss.lambda_pixel=10``; the paper preset changes none); ``optim``:
+    :class:`~fastep.zoo.step.config.OptimConfig` fields (``--set optim.lr_ge=3e-3``); ``ema``: the EMA decay
     of G and E per step; ``mining_layers``: the VGG16 layers whose Gram matrices stage 1 mines
     with (default all five of the paper).
     """
@@ -75,6 +76,7 @@ class RunConfig:
     cuda_graphs: bool = _STEP_DEFAULTS["cuda_graphs"]
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: Dict[str, Any] = field(default_factory=dict)
+    optim: Dict[str, Any] = field(default_factory=dict)
     ema: float = _STEP_DEFAULTS["ema"]
     mining_layers: Optional[Tuple[str, ...]] = None
 
@@ -123,6 +125,9 @@ class RunConfig:
         if not isinstance(self.loss, Mapping):
             bad("loss", "a mapping of LossConfig fields")
         self.loss_config()  # validates the keys and values now, not when stage 2 starts
+        if not isinstance(self.optim, Mapping):
+            bad("optim", "a mapping of OptimConfig fields")
+        self.optim_config()
         if not isinstance(self.ema, (int, float)) or isinstance(self.ema, bool) or not 0 <= self.ema < 1:
             bad("ema", "a number in [0, 1)")
         if self.mining_layers is not None:
@@ -142,6 +147,17 @@ class RunConfig:
             if isinstance(err, ConfigError):
                 raise
             raise ConfigError(f"run config loss: {err}") from None
+
+    def optim_config(self):
+        """The :class:`~fastep.zoo.step.config.OptimConfig` (the paper's Adams) with ``optim`` applied."""
+        from .config import OptimConfig
+
+        try:
+            return override(OptimConfig(), dict(self.optim), what="StEP optimizer config")
+        except (TypeError, ValueError) as err:
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(f"run config optim: {err}") from None
 
     @property
     def resolution(self) -> int:
@@ -168,7 +184,11 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                 amp=False, channels_last=False, ema=0.99,
                 mining_layers=("relu1_2", "relu2_2", "relu3_2"),
                 loss={"lambda_rec": 0.0, "lambda_pixel": 10.0},
-                model={"resolution": 32, "g_nf": 16, "e_nf": 16, "d_nf": 16, "n_res": 2, "d_scales": 2}),
+                # plain (not equalized learning-rate) convs at 3x the paper's Adam steps: a few
+                # thousand steps are all a CPU run has, and equalized convs learn ~2x slower here
+                optim={"lr_ge": 3e-3, "lr_d": 3e-3},
+                model={"resolution": 32, "g_nf": 16, "e_nf": 16, "d_nf": 16, "n_res": 2, "d_scales": 2,
+                       "equalized_lr": False}),
 }
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -192,13 +212,13 @@ def _nest(overrides: Mapping[str, Any]) -> Dict[str, Any]:
         head, _, rest = str(key).partition(".")
         if head not in _FIELDS:
             raise ConfigError(f"unknown StEP run config key {key!r}; valid: {', '.join(_FIELDS)} "
-                              "(and model.<field>)")
+                              "(and model.<field>, loss.<field>, optim.<field>)")
         if rest:
-            if head not in ("model", "loss"):
-                raise ConfigError(f"unknown StEP run config key {key!r}: only model.<field> and loss.<field> "
-                                  "have sub-keys")
+            if head not in ("model", "loss", "optim"):
+                raise ConfigError(f"unknown StEP run config key {key!r}: only model.<field>, loss.<field> and "
+                                  "optim.<field> have sub-keys")
             out.setdefault(head, {})[rest] = value
-        elif head in ("model", "loss") and isinstance(value, Mapping):
+        elif head in ("model", "loss", "optim") and isinstance(value, Mapping):
             out.setdefault(head, {}).update(value)
         else:
             out[head] = value
@@ -229,8 +249,9 @@ def resolve_run_config(preset: Optional[str] = None, overrides: Optional[Mapping
         model = override(ModelConfig(), base.pop("model", {}), what="StEP model config")
         model = override(model, merged.pop("model", {}), what="StEP model config")
         loss = {**base.pop("loss", {}), **merged.pop("loss", {})}
+        optim = {**base.pop("optim", {}), **merged.pop("optim", {})}
         base.update(merged)
-        base["loss"] = loss
+        base["loss"], base["optim"] = loss, optim
         if isinstance(base.get("stages"), list):
             base["stages"] = tuple(base["stages"])
         return from_dict(RunConfig, {**base, "model": model}, what="StEP run config")
