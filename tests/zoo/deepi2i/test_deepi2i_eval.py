@@ -40,3 +40,50 @@ def test_class_factors_invert_style_class():
     ids = (f["palette"] * 4 + f["gradient"]) * 5 + f["texture"]  # BuiltinStyles.style_class's order
     assert torch.equal(ids, torch.arange(120))
     assert torch.equal(class_factors("palette", 6)["palette"], torch.arange(6))
+
+
+class _Fake:
+    """A 'translator' for the metrics: ``perfect`` renders the input's shapes in the target
+    palette (the built-in renderer itself); ``constant`` returns grey whatever it is asked."""
+
+    def __init__(self, root, kind):
+        from types import SimpleNamespace
+
+        from fastep.data import BuiltinStyles
+        from fastep.eval.oracle import _records_to_params
+
+        styles = BuiltinStyles.load(root)
+        self.params = _records_to_params(styles.records["val"], int(styles.params["seed"]), "val")
+        self.res = int(styles.params["resolution"])
+        self.cfg = SimpleNamespace(n_classes=6, resolution=self.res, dim_z=4)
+        self.device = torch.device("cpu")
+        self.kind, self.calls = kind, 0
+
+    def translate(self, x, y, z):
+        from fastep.data.builtin import render_batch
+
+        n = len(x)
+        if self.kind == "constant":
+            return torch.zeros_like(x)
+        # evaluate_translator asks for all inputs of one class in order, in batches: track them
+        start = self.calls % len(self.params)
+        self.calls += n
+        p = [{**q, "palette": int(y)} for q in self.params[start:start + n]]
+        return render_batch(p, self.res)[1].float().div(127.5).sub(1)
+
+
+def test_rc_fc_content_of_a_perfect_and_a_constant_translator(tmp_path):
+    from fastep.data import make_builtin_dataset
+    from fastep.eval.oracle import OracleConfig, load_or_train_oracle
+    from fastep.zoo.deepi2i.evaluate import evaluate_translator
+
+    root = make_builtin_dataset(tmp_path / "d", n_train=16, n_val=60, resolution=32)
+    oracle = load_or_train_oracle(root, OracleConfig(n_images=384, steps=60, batch_size=32, width=8, lr=4e-3))
+    lp = lambda a, b: (a - b).abs().mean((1, 2, 3))  # noqa: E731 - a cheap stand-in distance
+    perfect = evaluate_translator(_Fake(root, "perfect"), root, "palette", oracle, lpips=lp, n_div_inputs=2)
+    constant = evaluate_translator(_Fake(root, "constant"), root, "palette", oracle, lpips=lp, n_div_inputs=2)
+    assert constant["rc"]["palette"] == pytest.approx(1 / 6)  # one prediction, targets uniform over classes
+    assert perfect["rc"]["palette"] >= 0.6 and perfect["rc"]["palette"] > constant["rc"]["palette"] + 0.4
+    assert perfect["fc"] > constant["fc"] + 0.2
+    assert perfect["content"] > constant["content"] and perfect["content"] > perfect["content_random"]
+    assert constant["diversity"] == 0.0 and perfect["mfd"] < constant["mfd"]
