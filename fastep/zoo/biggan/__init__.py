@@ -68,7 +68,8 @@ def load_sampler(ckpt, device: torch.device, ema: bool = True, source: str = "th
     try:
         G.load_state_dict(sd)
     except RuntimeError as err:
-        raise CheckpointError(f"{src}: the G weights do not fit its model config ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(f"{src}: the G weights do not fit its model config "
+                              f"({str(err).splitlines()[0]})") from None
     return Sampler(G, cfg, {"stage": ckpt.stage, "step": ckpt.step, "kimg": ckpt.kimg, "path": source})
 
 

@@ -133,7 +133,8 @@ def _transfer_nets(run: RunConfig, device: torch.device):
     try:
         w = load_biggan(folder, model, class_map=run.class_map)
     except BigGANFormatError as err:
-        where = "--set biggan" if run.biggan else "the stage-biggan output (run --stage biggan first, or --set biggan=DIR)"
+        where = ("--set biggan" if run.biggan
+                 else "the stage-biggan output (run --stage biggan first, or --set biggan=DIR)")
         hint = " (--set class_map=first)" if "class_map" in str(err) else ""
         raise BigGANFormatError(f"{where}: {err}{hint}") from None
     torch.manual_seed(run.seed)

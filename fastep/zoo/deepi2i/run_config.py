@@ -192,6 +192,7 @@ def resolve_run_config(preset: Optional[str] = None, overrides: Optional[Mapping
         base.update(merged)
         if isinstance(base.get("stages"), list):
             base["stages"] = tuple(base["stages"])
-        return from_dict(RunConfig, {**base, "model": model, "step": step, "biggan_step": biggan_step}, what="deepi2i run config")
+        return from_dict(RunConfig, {**base, "model": model, "step": step, "biggan_step": biggan_step},
+                         what="deepi2i run config")
     except TypeError as err:
         raise ConfigError(str(err)) from None

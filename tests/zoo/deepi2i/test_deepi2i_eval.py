@@ -24,7 +24,8 @@ def _mmd2_brute(x, y):
 
 def test_kid_is_the_unbiased_mmd2():
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randn(9, 5, generator=g, dtype=torch.float64) + 0.5
+    x = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    y = torch.randn(9, 5, generator=g, dtype=torch.float64) + 0.5
     assert kid(x, y) == pytest.approx(_mmd2_brute(x, y), rel=1e-10)
     a, b, c = (torch.randn(300, 5, generator=g, dtype=torch.float64) for _ in range(3))
     assert abs(kid(a, b)) < 0.2 * kid(a, c + 0.5)  # same distribution ~ 0, shifted clearly > 0

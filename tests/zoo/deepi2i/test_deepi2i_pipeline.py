@@ -20,8 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # 4 updates of 2 x 2 images per stage, the first transfer update in phase 1
 TINY = ["--preset", "cpu", "--no-progress", "--set", "n_source=12", "--set", "n_train=12", "--set", "n_val=4",
-        "--set", "biggan_kimg=0.016", "--set", "transfer_kimg=0.016", "--set", "step.micro_batch=2", "--set", "biggan_step.micro_batch=2",
-        "--set", "biggan_step.accumulations=2",
+        "--set", "biggan_kimg=0.016", "--set", "transfer_kimg=0.016", "--set", "step.micro_batch=2",
+        "--set", "biggan_step.micro_batch=2", "--set", "biggan_step.accumulations=2",
         "--set", "step.accumulations=2", "--set", "step.phase1_steps=1", "--set", "ckpt_every=0.008",
         "--set", "image_every=0.008", "--set", "log_every=1", "--device", "cpu"]
 
