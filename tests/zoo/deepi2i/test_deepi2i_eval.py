@@ -79,7 +79,7 @@ def test_rc_fc_content_of_a_perfect_and_a_constant_translator(tmp_path):
     from fastep.zoo.deepi2i.evaluate import evaluate_translator
 
     root = make_builtin_dataset(tmp_path / "d", n_train=16, n_val=60, resolution=32)
-    oracle = load_or_train_oracle(root, OracleConfig(n_images=384, steps=60, batch_size=32, width=8, lr=4e-3))
+    oracle = load_or_train_oracle(root, OracleConfig(n_images=384, steps=200, batch_size=32, width=8, lr=4e-3))
     lp = lambda a, b: (a - b).abs().mean((1, 2, 3))  # noqa: E731 - a cheap stand-in distance
     perfect = evaluate_translator(_Fake(root, "perfect"), root, "palette", oracle, lpips=lp, n_div_inputs=2)
     constant = evaluate_translator(_Fake(root, "constant"), root, "palette", oracle, lpips=lp, n_div_inputs=2)
