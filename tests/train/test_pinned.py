@@ -66,9 +66,10 @@ def test_format0_train_config_parses_without_its_retired_loop_keys(name):
 
 # ``aligned_convs`` (fastep.nn.aligned) computes the same convolutions with padded channels: exact
 # in real arithmetic, so its float32 sums round differently (tested exact in float64 in tests/nn);
-# three steps of training carry that to ~4e-5 in the batch-summed KL. The plain networks must
-# match the recording as closely as the rest.
-@pytest.mark.parametrize("aligned, rel", [(False, REL), (True, 1e-4)], ids=["plain", "aligned_convs"])
+# three steps of training carry that to ~4e-5 in the batch-summed KL. The plain networks carry a
+# CPU's own rounding the same way: on one machine the recording's bicycle_v1 z_kl at step 3 came
+# out 2.2e-5 off, so they get the same 1e-4 (a change of behaviour moves it by far more).
+@pytest.mark.parametrize("aligned, rel", [(False, 1e-4), (True, 1e-4)], ids=["plain", "aligned_convs"])
 @pytest.mark.parametrize("approach", ["bicycle_v2", "ours_v1", "bicycle_v1", "ours_v3"])
 def test_train_step_losses_match_the_recorded_ones(approach, aligned, rel):
     from fastep.zoo.step.config import LossConfig, ModelConfig, TrainConfig
