@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ...config import ConfigError, choose, from_dict, override
+from ...config import ConfigError, choose, override, resolve_preset
 from .config import PRESETS as MODEL_PRESETS
 from .config import BridgeConfig
 from .losses import LOSS_PRESETS, LossWeights
@@ -149,57 +149,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 # The paper preset trains on a CelebA folder (14 attributes) by default sizes; on the built-in
 # set its model needs model.n_attrs=15 (the run says so).
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
-_SUB = ("model", "weights")
-
-
-def _nest(overrides: Mapping[str, Any]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for key, value in overrides.items():
-        head, _, rest = str(key).partition(".")
-        if head not in _FIELDS:
-            raise ConfigError(f"unknown BridgeGAN run config key {key!r}; valid: {', '.join(_FIELDS)} "
-                              "(and model.<field>, weights.<term>)")
-        if rest:
-            if head not in _SUB:
-                raise ConfigError(f"unknown BridgeGAN run config key {key!r}: only model.<field> and "
-                                  "weights.<term> have sub-keys")
-            out.setdefault(head, {})[rest] = value
-        elif head in _SUB and isinstance(value, Mapping):
-            out.setdefault(head, {}).update(value)
-        else:
-            out[head] = value
-    return out
-
-
-def _default_preset(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "paper" if torch.cuda.is_available() else "cpu"
-    return "paper" if str(device).startswith("cuda") else "cpu"
-
 
 def resolve_run_config(preset: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
                        **kw: Any) -> RunConfig:
     """Preset -> overrides -> one validated :class:`RunConfig` (``preset`` None: ``paper`` on
     CUDA, else ``cpu``)."""
-    merged = _nest({**dict(overrides or {}), **kw})
-    if preset is None:
-        preset = _default_preset(str(merged.get("device", "auto")))
-    choose(preset, PRESETS, "BridgeGAN run preset")
-    base = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRESETS[preset].items()}
-    try:
-        # a run preset names its network preset (fastep.zoo.bridgegan.config.PRESETS), their one home
-        model = MODEL_PRESETS[base.pop("model", "paper")]()
-        model = override(model, merged.pop("model", {}), what="BridgeGAN model config")
-        weights = {**base.pop("weights", {}), **merged.pop("weights", {})}
-        base.update(merged)
-        base["weights"] = weights
-        if isinstance(base.get("stages"), list):
-            base["stages"] = tuple(base["stages"])
-        return from_dict(RunConfig, {**base, "model": model}, what="BridgeGAN run config")
-    except (TypeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(str(err)) from None
+    # a run preset names its network preset (fastep.zoo.bridgegan.config.PRESETS), their one home
+    return resolve_preset(RunConfig, PRESETS, preset, {**dict(overrides or {}), **kw}, system="BridgeGAN",
+                          configs={"model": lambda name: MODEL_PRESETS[name or "paper"]()},
+                          dicts={"weights": "term"})

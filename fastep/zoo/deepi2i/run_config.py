@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ...config import ConfigError, choose, from_dict, override
+from ...config import ConfigError, choose, override, resolve_preset
 from .config import PRESETS as MODEL_PRESETS
 from .config import DeepI2IConfig
 from .data import CLASS_FACTORS, n_classes_of
@@ -147,52 +147,19 @@ PRESETS: Dict[str, Dict[str, Any]] = {
             "biggan_step": {"micro_batch": 8, "accumulations": 1, "g_ema": 0.99, "ema_start": 200}},
 }
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
-_NESTED = ("model", "step", "biggan_step")
-
-
-def _nest(overrides: Mapping[str, Any]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for key, value in overrides.items():
-        head, _, rest = str(key).partition(".")
-        if head not in _FIELDS:
-            raise ConfigError(f"unknown deepi2i run config key {key!r}; valid: {', '.join(_FIELDS)} "
-                              "(and model.<field>, step.<field>, biggan_step.<field>)")
-        if rest:
-            if head not in _NESTED:
-                raise ConfigError(f"unknown deepi2i run config key {key!r}: only model, step and biggan_step "
-                                  "have sub-keys")
-            out.setdefault(head, {})[rest] = value
-        elif head in _NESTED and isinstance(value, Mapping):
-            out.setdefault(head, {}).update(value)
-        else:
-            out[head] = value
-    return out
-
-
 def resolve_run_config(preset: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
                        **kw: Any) -> RunConfig:
     """Preset -> overrides -> one validated :class:`RunConfig` (``preset`` None: ``gpu`` when
     CUDA is available, else ``cpu``)."""
-    merged = _nest({**dict(overrides or {}), **kw})
-    if preset is None:
+    def pick_default(device: str) -> str:
         import torch
 
-        preset = "gpu" if torch.cuda.is_available() and merged.get("device", "auto") != "cpu" else "cpu"
-    choose(preset, PRESETS, "deepi2i run preset")
-    base = dict(PRESETS[preset])
-    model_base = base.pop("model", {})
-    try:
-        model = MODEL_PRESETS[model_base]() if isinstance(model_base, str) else override(DeepI2IConfig(), model_base)
-        model = override(model, merged.pop("model", {}), what="deepi2i model config")
-        step = override(override(StepConfig(), base.pop("step", {})), merged.pop("step", {}),
-                        what="deepi2i step config")
-        biggan_step = override(override(StepConfig(), base.pop("biggan_step", {})), merged.pop("biggan_step", {}),
-                               what="deepi2i biggan_step config")
-        base.update(merged)
-        if isinstance(base.get("stages"), list):
-            base["stages"] = tuple(base["stages"])
-        return from_dict(RunConfig, {**base, "model": model, "step": step, "biggan_step": biggan_step},
-                         what="deepi2i run config")
-    except TypeError as err:
-        raise ConfigError(str(err)) from None
+        return "gpu" if torch.cuda.is_available() and device != "cpu" else "cpu"
+
+    def model(base):
+        return MODEL_PRESETS[base]() if isinstance(base, str) else override(DeepI2IConfig(), base or {})
+
+    return resolve_preset(RunConfig, PRESETS, preset, {**dict(overrides or {}), **kw}, system="deepi2i",
+                          configs={"model": model, "step": lambda base: override(StepConfig(), base or {}),
+                                   "biggan_step": lambda base: override(StepConfig(), base or {})},
+                          pick_default=pick_default)

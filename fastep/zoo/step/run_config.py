@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ...config import ConfigError, choose, from_dict, override
+from ...config import ConfigError, choose, override, resolve_preset
 from .config import PRESETS as APPROACH_NAMES
 from .config import _DEFAULT_KIMG, DEFAULT_LR_DECAY_START, ModelConfig, TrainConfig, canonical_approach
 
@@ -191,9 +191,6 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                        "equalized_lr": False}),
 }
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
-
-
 def parse_value(text: str) -> Any:
     """A ``--set`` value: JSON (numbers, true/false, null, lists) or else the plain string."""
     low = text.strip().lower()
@@ -205,34 +202,6 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def _nest(overrides: Mapping[str, Any]) -> Dict[str, Any]:
-    """``{"model.g_nf": 8, "batch": 2}`` -> ``{"model": {"g_nf": 8}, "batch": 2}`` (unknown keys named)."""
-    out: Dict[str, Any] = {}
-    for key, value in overrides.items():
-        head, _, rest = str(key).partition(".")
-        if head not in _FIELDS:
-            raise ConfigError(f"unknown StEP run config key {key!r}; valid: {', '.join(_FIELDS)} "
-                              "(and model.<field>, loss.<field>, optim.<field>)")
-        if rest:
-            if head not in ("model", "loss", "optim"):
-                raise ConfigError(f"unknown StEP run config key {key!r}: only model.<field>, loss.<field> and "
-                                  "optim.<field> have sub-keys")
-            out.setdefault(head, {})[rest] = value
-        elif head in ("model", "loss", "optim") and isinstance(value, Mapping):
-            out.setdefault(head, {}).update(value)
-        else:
-            out[head] = value
-    return out
-
-
-def _default_preset(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "paper" if torch.cuda.is_available() else "cpu"
-    return "paper" if str(device).startswith("cuda") else "cpu"
-
-
 def resolve_run_config(preset: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
                        **kw: Any) -> RunConfig:
     """Preset -> overrides -> one validated :class:`RunConfig`.
@@ -240,20 +209,7 @@ def resolve_run_config(preset: Optional[str] = None, overrides: Optional[Mapping
     ``preset`` None picks ``paper`` on CUDA (the ``device`` override, or ``auto``), else ``cpu``.
     Overrides may be given as a mapping (keys like ``"model.g_nf"``) and/or keywords.
     """
-    merged = _nest({**dict(overrides or {}), **kw})
-    if preset is None:
-        preset = _default_preset(str(merged.get("device", "auto")))
-    choose(preset, PRESETS, "StEP run preset")
-    base = dict(PRESETS[preset])
-    try:
-        model = override(ModelConfig(), base.pop("model", {}), what="StEP model config")
-        model = override(model, merged.pop("model", {}), what="StEP model config")
-        loss = {**base.pop("loss", {}), **merged.pop("loss", {})}
-        optim = {**base.pop("optim", {}), **merged.pop("optim", {})}
-        base.update(merged)
-        base["loss"], base["optim"] = loss, optim
-        if isinstance(base.get("stages"), list):
-            base["stages"] = tuple(base["stages"])
-        return from_dict(RunConfig, {**base, "model": model}, what="StEP run config")
-    except TypeError as err:  # a value of the wrong kind, named by the config that refused it
-        raise ConfigError(str(err)) from None
+    return resolve_preset(RunConfig, PRESETS, preset, {**dict(overrides or {}), **kw}, system="StEP",
+                          configs={"model": lambda base: override(ModelConfig(), base or {},
+                                                                  what="StEP model config")},
+                          dicts={"loss": "field", "optim": "field"})
