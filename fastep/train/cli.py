@@ -52,12 +52,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--approach", default=None,
                    help="loss configuration: ours_v1..ours_v4, bicycle_v1, bicycle_v2 (default ours_v3)")
     p.add_argument("--out", default=None, help="output folder (default runs/fastep)")
-    p.add_argument("--resolution", type=int, default=None, help="image size (paper 256, cpu 64)")
-    p.add_argument("--batch", type=int, default=None, help="batch per process (paper 8, cpu 4)")
+    # StEP's preset values, read from the presets so the help never goes stale
+    from ..zoo.step.config import _DEFAULT_KIMG
+    from ..zoo.step.run_config import PRESETS as STEP_PRESETS
+
+    cpu = STEP_PRESETS["cpu"]
+    p.add_argument("--resolution", type=int, default=None,
+                   help=f"image size (StEP: paper 256, cpu {cpu['model']['resolution']})")
+    p.add_argument("--batch", type=int, default=None,
+                   help=f"batch per process (StEP: paper 8, cpu {cpu['batch']})")
     p.add_argument("--kimg", type=float, default=None,
-                   help="length of the stage in thousands of images (paper: 250 for stage 2, 700 for "
-                        "stage 3; cpu 0.16 each); with --stage all it sets stage 3 and stage 2 "
-                        "gets 250/700 of it")
+                   help=f"length of the stage in thousands of images (StEP paper: {_DEFAULT_KIMG[2]:g} for "
+                        f"stage 2, {_DEFAULT_KIMG[3]:g} for stage 3; cpu {cpu['stage2_kimg']:g} and "
+                        f"{cpu['stage3_kimg']:g}); with --stage all it sets stage 3 and stage 2 gets "
+                        f"{_DEFAULT_KIMG[2]:g}/{_DEFAULT_KIMG[3]:g} of it")
     p.add_argument("--stage2-kimg", type=float, default=None, help="stage-2 length with --stage all")
     p.add_argument("--stage3-kimg", type=float, default=None, help="stage-3 length with --stage all")
     p.add_argument("--device", default=None, help="auto (default: cuda if available), cpu, cuda, cuda:N")

@@ -57,6 +57,18 @@ def test_bad_configuration_is_one_line_naming_it(argv, words, capsys, tmp_path):
     assert not (tmp_path / "o").exists()  # nothing was started
 
 
+def test_train_help_states_the_cpu_preset_values(capsys):
+    from fastep.zoo.step.run_config import PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    cpu = PRESETS["cpu"]
+    assert f"cpu {cpu['model']['resolution']})" in text
+    assert f"cpu {cpu['batch']})" in text
+    assert f"cpu {cpu['stage2_kimg']:g} and {cpu['stage3_kimg']:g})" in text
+
+
 def test_print_config_shows_the_resolved_run_and_exits(capsys, tmp_path):
     assert main(["train", "--out", str(tmp_path / "o"), "--preset", "cpu", "--set", "model.g_nf=16",
                  "--batch", "3", "--set", "model.g_nf=24", "--print-config"]) == 0
