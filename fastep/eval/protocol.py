@@ -90,6 +90,7 @@ ABLATIONS = {
                      "loss.perceptual_weights": [1.0, 1.0]},             # + Gram texture term
     "ema_0999": {"ema": 0.999},                                          # the paper's EMA decay
     "paper_optim": {"model.equalized_lr": True, "optim.lr_ge": 1e-3, "optim.lr_d": 1e-3},  # equalized convs, lr 1e-3
+    "paper_mining": {"stage1.mining_features": "gram", "stage1.negatives": "far"},  # Gram of B, furthest negatives
 }
 
 

@@ -178,3 +178,71 @@ def test_stage1_on_cuda_bf16_matches_cpu_behaviour():
                                   Stage1Config(steps=8, batch_size=12, compile=True, log_every=4), "cuda",
                                   progress=False)
     assert hist_c["steps"] == 8 and np.isfinite(hist_c["loss"]).all()
+
+
+def test_band_negatives_are_the_ranked_neighbours_of_the_style_distance(builtin32):
+    """negatives="band": far_idx is exactly ranks lo..hi-1 of the float64 style distance (self excluded)."""
+    from fastep.zoo.step.stage1 import style_vectors
+
+    imgs, _ = PairedImageDataset(builtin32, "train", 32, crop=False, flip=False).stack_images("B")
+    imgs = imgs[:40]
+    cfg = Stage1Config(k_near=3, negatives="band", negative_band=(5, 12), vgg_weights="random",
+                       style_layers=("relu1_2", "relu2_2"), mining_features="gram+highpass")
+    nb = mine_triplets_from_images(imgs, cfg, "cpu")
+    v = style_vectors(imgs, cfg, "cpu").double()
+    d = torch.cdist(v, v).square()
+    d.fill_diagonal_(float("inf"))
+    order = d.argsort(1)
+    assert torch.equal(nb.near_idx, order[:, :3])
+    assert torch.equal(nb.far_idx, order[:, 5:12])
+    with pytest.warns(UserWarning, match="clipped to 5..9"):
+        small = mine_triplets_from_images(imgs[:11], cfg, "cpu")
+    assert small.far_idx.shape == (11, 5)
+    with pytest.raises(ValueError, match="too few"):
+        mine_triplets_from_images(imgs[:4], cfg, "cpu")
+
+
+def test_highpass_features_are_balanced_gram_blocks_of_the_image_and_its_highpass(builtin32):
+    from fastep.features import get_style_net, style_features
+    from fastep.ops import gram_vector_dim
+    from fastep.zoo.step.stage1 import _luminance_highpass, style_vectors
+
+    imgs, _ = PairedImageDataset(builtin32, "train", 32, crop=False, flip=False).stack_images("B")
+    imgs = imgs[:24]
+    layers = ("relu1_2", "relu2_2")
+    cfg = Stage1Config(vgg_weights="random", style_layers=layers, mining_features="gram+highpass")
+    v = style_vectors(imgs, cfg, "cpu").double()
+    net = get_style_net(layers, weights="random", device="cpu")
+    x = imgs.float() / 127.5 - 1
+    ref = torch.cat([style_features(x, net=net, output="vectors"),
+                     style_features(_luminance_highpass(x), net=net, output="vectors")], 1).double()
+    dims = [gram_vector_dim([64]), gram_vector_dim([128])] * 2
+    assert v.shape == ref.shape and sum(dims) == v.shape[1]
+    start = 0
+    for d in dims:
+        blk, rblk = v[:, start:start + d], ref[:, start:start + d]
+        assert torch.cdist(blk, blk).square().sum() / (24 * 24) == pytest.approx(1.0, rel=1e-4)
+        ratio = blk.norm() / rblk.norm()
+        torch.testing.assert_close(blk, rblk * ratio, rtol=1e-4, atol=1e-6 * float(blk.abs().max()))
+        start += d
+    # a flat image has no high-pass (to float32 rounding)
+    flat = torch.full((1, 3, 32, 32), 0.3)
+    assert _luminance_highpass(flat).abs().max() < 1e-6
+
+
+def test_stage1_settings_in_the_run_config():
+    from fastep.config import ConfigError
+    from fastep.zoo.step.run_config import resolve_run_config
+
+    run = resolve_run_config("cpu", {"stage1.negative_band": [25, 70], "stage1_epochs": 7})
+    cfg = run.stage1_config("random")
+    assert (cfg.epochs, cfg.negatives, cfg.negative_band, cfg.mining_features) == (7, "band", (25, 70), "gram+highpass")
+    assert cfg.style_layers == run.mining_layers
+    paper = resolve_run_config("paper").stage1_config()
+    assert (paper.negatives, paper.mining_features) == ("far", "gram")
+    with pytest.raises(ConfigError, match="stage1_epochs"):
+        resolve_run_config("cpu", {"stage1.epochs": 3})
+    with pytest.raises(ConfigError, match="negatives"):
+        resolve_run_config("cpu", {"stage1.negatives": "hard"})
+    with pytest.raises(ConfigError, match="unknown|valid"):
+        resolve_run_config("cpu", {"stage1.colour": 1})

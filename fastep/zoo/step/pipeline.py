@@ -149,9 +149,7 @@ def run_stage1(root: Path, run: RunConfig, device: torch.device) -> Dict[str, An
         model_cfg, _, train_cfg = _configs(run, "1", device, kimg=None)
         ds = _dataset(root, run, augment=False)
         images_u8, _ = ds.stack_images("B", resolution=run.model.resolution)
-        cfg = s1.Stage1Config(epochs=run.stage1_epochs, seed=run.seed,
-                              vgg_weights=_resolve_vgg_weights(run.vgg_weights),
-                              **({"style_layers": run.mining_layers} if run.mining_layers else {}))
+        cfg = run.stage1_config(vgg_weights=_resolve_vgg_weights(run.vgg_weights))
         t0 = time.perf_counter()
         _log(f"fastep: stage 1: mining style neighbours of {len(images_u8)} images")
         neighbours = s1.mine_triplets_from_images(images_u8, cfg, device, progress=run.progress)

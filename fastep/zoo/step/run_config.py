@@ -79,6 +79,7 @@ class RunConfig:
     optim: Dict[str, Any] = field(default_factory=dict)
     ema: float = _STEP_DEFAULTS["ema"]
     mining_layers: Optional[Tuple[str, ...]] = None
+    stage1: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         def bad(name, what):
@@ -136,6 +137,9 @@ class RunConfig:
             if not (isinstance(self.mining_layers, tuple) and self.mining_layers
                     and all(isinstance(x, str) for x in self.mining_layers)):
                 bad("mining_layers", "a list of VGG16 layer names")
+        if not isinstance(self.stage1, Mapping):
+            bad("stage1", "a mapping of Stage1Config fields")
+        self.stage1_config()
 
     def loss_config(self, **extra: Any):
         """The approach's :class:`~fastep.zoo.step.config.LossConfig` with ``loss`` applied."""
@@ -159,6 +163,25 @@ class RunConfig:
                 raise
             raise ConfigError(f"run config optim: {err}") from None
 
+    def stage1_config(self, vgg_weights: str = "random"):
+        """The :class:`~fastep.zoo.step.stage1.Stage1Config` of this run: ``stage1_epochs``,
+        ``seed`` and ``mining_layers`` from their run-config keys, ``stage1`` applied on top."""
+        from .stage1 import Stage1Config
+
+        owned = {"epochs": "stage1_epochs", "seed": "seed", "style_layers": "mining_layers",
+                 "vgg_weights": "vgg_weights"}
+        for key in self.stage1:
+            if key in owned:
+                raise ConfigError(f"run config stage1.{key}: set it with the run-config key {owned[key]!r}")
+        base = Stage1Config(epochs=self.stage1_epochs, seed=self.seed, vgg_weights=vgg_weights,
+                            **({"style_layers": self.mining_layers} if self.mining_layers else {}))
+        try:
+            return override(base, dict(self.stage1), what="StEP stage-1 config")
+        except (TypeError, ValueError) as err:
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(f"run config stage1: {err}") from None
+
     @property
     def resolution(self) -> int:
         """The training resolution (its one home is ``model.resolution``)."""
@@ -179,10 +202,13 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # with 16-wide nets; offline the perceptual loss has only a random-weight VGG, whose feature
     # distance does not pull colours and layout into place at this scale, so the reconstruction
     # is a pixel L1 term instead (and without the VGG passes a step is about 4x cheaper).
-    "cpu": dict(batch=16, stage2_kimg=4.0, stage3_kimg=20.0, n_train=800, n_val=200, stage1_epochs=3,
+    "cpu": dict(batch=16, stage2_kimg=4.0, stage3_kimg=20.0, n_train=800, n_val=200, stage1_epochs=20,
                 mapper_epochs=60, ckpt_every=8.0, image_every=8.0, log_every=25, workers=0, compile=False,
                 amp=False, channels_last=False, ema=0.99,
                 mining_layers=("relu1_2", "relu2_2", "relu3_2"),
+                # random-VGG Gram distances are ruled by colour: mine on the high-pass image too,
+                # with semi-hard negatives, and train E longer (stage 1 costs seconds at 32 px)
+                stage1={"mining_features": "gram+highpass", "negatives": "band", "negative_band": (20, 60)},
                 loss={"lambda_rec": 0.0, "lambda_pixel": 10.0},
                 # plain (not equalized learning-rate) convs at 3x the paper's Adam steps: a few
                 # thousand steps are all a CPU run has, and equalized convs learn ~2x slower here
@@ -212,4 +238,4 @@ def resolve_run_config(preset: Optional[str] = None, overrides: Optional[Mapping
     return resolve_preset(RunConfig, PRESETS, preset, {**dict(overrides or {}), **kw}, system="StEP",
                           configs={"model": lambda base: override(ModelConfig(), base or {},
                                                                   what="StEP model config")},
-                          dicts={"loss": "field", "optim": "field"})
+                          dicts={"loss": "field", "optim": "field", "stage1": "field"})

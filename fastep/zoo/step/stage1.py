@@ -10,18 +10,29 @@ and trains E on
 
 with alpha = 0.1, lambda = 0.01, batch 12 triplets, Adam(1e-3, betas (0, 0.99)) (official code; docs/step.md).
 
+Two options beyond the paper (:class:`Stage1Config`, used by the CPU preset): ``mining_features=
+"gram+highpass"`` adds the Gram vectors of B's luminance high-pass image and balances every layer's
+block, and ``negatives="band"`` draws negatives from a band of nearer ranks (semi-hard) instead of
+the furthest images.  With random-weight VGG features the plain Gram distance is ruled by colour,
+so the furthest images differ in palette and the triplets teach E colour only.
+
 >>> nb = mine_triplets_from_images(images_B, cfg, device)      # a Neighbours
 >>> history = train_encoder_stage1(E, images_B, nb, cfg, device)
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+MINING_FEATURES = ("gram", "gram+highpass")
+NEGATIVES = ("far", "band")
 
 __all__ = ["Stage1Config", "triplet_loss", "train_encoder_stage1", "mine_triplets_from_images",
            "resample_triplets", "images_tensor"]
@@ -57,6 +68,16 @@ class Stage1Config:
     feature_batch_size: int = 32
     feature_resolution: Optional[int] = None  # resize images for the style features (None: as is)
     mining_distance: Any = "style"
+    # "gram" (the paper): Gram vectors of B.  "gram+highpass": also the Gram vectors of B's
+    # luminance high-pass (B minus its 5x5 box blur), and every layer's block of both scaled to a
+    # mean pairwise squared distance of 1.  With random-weight VGG features the plain Gram distance
+    # is ruled by colour (hue and palette); the high-pass image carries the texture without it.
+    mining_features: str = "gram"
+    # "far" (the paper): negatives drawn from the k_far furthest images.  "band": from the images
+    # ranked negative_band[0] .. negative_band[1] - 1 nearest (semi-hard: mostly the anchor's
+    # colours, other textures), so that colour alone no longer satisfies the triplets.
+    negatives: str = "far"
+    negative_band: Tuple[int, int] = (20, 60)
 
     def __post_init__(self):
         for name in ("batch_size", "epochs", "k_near", "k_far", "log_every", "feature_batch_size"):
@@ -65,6 +86,17 @@ class Stage1Config:
                 raise ValueError(f"{name}: expected a positive integer, got {v!r}")
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
             raise ValueError(f"steps: expected a positive integer or None, got {self.steps!r}")
+        if self.mining_features not in MINING_FEATURES:
+            raise ValueError(f"mining_features: expected one of {', '.join(MINING_FEATURES)}, "
+                             f"got {self.mining_features!r}")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"negatives: expected one of {', '.join(NEGATIVES)}, got {self.negatives!r}")
+        band = tuple(self.negative_band) if isinstance(self.negative_band, (list, tuple)) else ()
+        if len(band) != 2 or not all(isinstance(b, int) and not isinstance(b, bool) for b in band) \
+                or not (0 <= band[0] < band[1]) or (self.negatives == "band" and band[0] < self.k_near):
+            raise ValueError(f"negative_band: expected two integers lo < hi (lo >= k_near={self.k_near} with "
+                             f"negatives='band'), got {self.negative_band!r}")
+        self.negative_band = band
         if self.alpha < 0 or self.lambda_l2 < 0 or not self.lr > 0:
             raise ValueError(f"alpha, lambda_l2: expected >= 0 and lr > 0, got {self.alpha}, "
                              f"{self.lambda_l2}, {self.lr}")
@@ -285,20 +317,42 @@ def train_encoder_stage1(encoder: nn.Module, images_B, triplets, cfg: Optional[S
 # mining
 
 
+def _luminance_highpass(x: Tensor) -> Tensor:
+    """B's luminance minus its 5x5 box blur, as a 3-channel image (what is left is pattern, not colour)."""
+    g = x.mean(1, keepdim=True)
+    blur = F.avg_pool2d(F.pad(g, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    return (g - blur).expand(-1, 3, -1, -1)
+
+
+def _balance_blocks(v: Tensor, dims: Sequence[int]) -> Tensor:
+    """Scale each block of columns of ``v`` [N, D] to a mean pairwise squared distance of 1
+    (that mean is 2 x the block's total variance), in place."""
+    start = 0
+    for d in dims:
+        block = v[:, start:start + d]
+        spread = 2 * (block.double() - block.double().mean(0)).square().sum(1).mean()
+        block.mul_(float(spread.clamp_min(1e-30).rsqrt()))
+        start += d
+    return v
+
+
 @torch.no_grad()
 def style_vectors(images_B, cfg: Optional[Stage1Config] = None, device: Union[str, torch.device, None] = None,
                   out_dtype: Optional[torch.dtype] = None, progress: bool = False) -> Tensor:
     """Gram (style) vectors [N, D] of all B images on ``device``, computed in batches
-    (``progress``: a bar in images)."""
+    (``progress``: a bar in images); with ``cfg.mining_features == "gram+highpass"`` the high-pass
+    image's vectors follow, and every layer's block is balanced (:class:`Stage1Config`)."""
     from tqdm.auto import tqdm
 
     from fastep.features import get_style_net, style_features
+    from fastep.ops import gram_vector_dim
 
     cfg = cfg or Stage1Config()
     device = torch.device(device or "cpu")
     images, _ = images_tensor(images_B)
     net = get_style_net(cfg.style_layers, weights=cfg.vgg_weights, device=device)
     amp = torch.bfloat16 if (device.type == "cuda" and cfg.amp) else None
+    highpass = cfg.mining_features == "gram+highpass"
     n = images.shape[0]
     out = None
     bar = tqdm(total=n, desc="mining: style vectors", unit="img", disable=not progress, leave=False)
@@ -308,6 +362,9 @@ def style_vectors(images_B, cfg: Optional[Stage1Config] = None, device: Union[st
             x = F.interpolate(x, size=(cfg.feature_resolution,) * 2, mode="bilinear", align_corners=False,
                               antialias=True)
         v = style_features(x, net=net, output="vectors", out_dtype=out_dtype, autocast_dtype=amp)
+        if highpass:
+            v = torch.cat([v, style_features(_luminance_highpass(x), net=net, output="vectors",
+                                             out_dtype=out_dtype, autocast_dtype=amp)], 1)
         if out is None:
             # all N x D vectors: on the device when they take < 1/4 of its free memory, else in
             # pinned host memory (mine_neighbours streams them to the device in blocks)
@@ -322,6 +379,9 @@ def style_vectors(images_B, cfg: Optional[Stage1Config] = None, device: Union[st
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    if highpass:
+        chans = [f.shape[1] for f in net(_to_model_input(images[:1], device, False))]
+        _balance_blocks(out, [gram_vector_dim([c]) for c in chans] * 2)
     return out
 
 
@@ -340,10 +400,24 @@ def mine_triplets_from_images(images_B, cfg: Optional[Stage1Config] = None,
     device = torch.device(device or "cpu")
     vectors = style_vectors(images_B, cfg, device, progress=progress)
     n = vectors.shape[0]
-    if n < cfg.k_near + cfg.k_far + 1:
+    if cfg.negatives == "far" and n < cfg.k_near + cfg.k_far + 1:
         raise ValueError(f"images_B: {n} images are too few to mine k_near={cfg.k_near} and "
                          f"k_far={cfg.k_far} neighbours (need at least {cfg.k_near + cfg.k_far + 1})")
     kwargs = {}
     if cfg.mining_distance != "style":
         kwargs["distance"] = cfg.mining_distance
-    return mine_neighbours(vectors, k_near=cfg.k_near, k_far=cfg.k_far, device=device, **kwargs)
+    if cfg.negatives == "far":
+        return mine_neighbours(vectors, k_near=cfg.k_near, k_far=cfg.k_far, device=device, **kwargs)
+    lo, hi = cfg.negative_band
+    if n - 1 < hi:  # a small set: the band ends at the furthest image instead
+        lo2, hi2 = max(cfg.k_near, min(lo, n - 2)), n - 1
+        if lo2 >= hi2:
+            raise ValueError(f"images_B: {n} images are too few for k_near={cfg.k_near} and band negatives "
+                             f"(need at least {cfg.k_near + 2})")
+        warnings.warn(f"stage 1: {n} images: negative band {lo}..{hi - 1} clipped to {lo2}..{hi2 - 1}", stacklevel=2)
+        lo, hi = lo2, hi2
+    nb = mine_neighbours(vectors, k_near=hi, k_far=1, device=device, **kwargs)
+    return dataclasses.replace(nb, near_idx=nb.near_idx[:, :cfg.k_near].contiguous(),
+                               near_dist=nb.near_dist[:, :cfg.k_near].contiguous(),
+                               far_idx=nb.near_idx[:, lo:hi].contiguous(),
+                               far_dist=nb.near_dist[:, lo:hi].contiguous())
