@@ -16,6 +16,10 @@ seeded z, and the oracle (trained on real renderings only) judges the translatio
 ``content``     IoU of the oracle's foreground mask of a translation with its input's true shape
                 mask; next to it the same IoU for an unrelated real image (``content_random``)
                 and for the input itself (``content_input``)
+``boundary_f``  boundary F-score of a translation's edges against its input's true region
+                boundaries (the A outline), within one pixel (:func:`boundary_fscore`); with
+                ``boundary_f_random`` (an unrelated real image) and ``boundary_f_input`` (the
+                input itself): oracle-free, so it also judges shapes the mask head misses
 ``diversity``   mean pairwise LPIPS (random-weight AlexNet: relative only) over z for fixed
                 inputs and classes
 ==============  =====================================================================
@@ -37,7 +41,48 @@ import torch
 from ...eval import metrics as M
 from .data import CLASS_FACTORS, labeled_builtin
 
-__all__ = ["evaluate_translator", "evaluate_run", "class_factors", "format_table"]
+__all__ = ["evaluate_translator", "evaluate_run", "class_factors", "format_table", "edge_map", "boundary_fscore"]
+
+
+def edge_map(images: torch.Tensor, n_edges: torch.Tensor) -> torch.Tensor:
+    """The ``n_edges[i]`` pixels of strongest colour change of each image [N, 3, R, R]
+    (central differences, summed over channels) as a boolean map [N, R, R].
+
+    Taking as many edge pixels as the reference outline has avoids a threshold that would
+    favour one contrast level over another.  The image is box-blurred 3 x 3 first, so that
+    pixel-level noise (a young generator's checkerboard) does not outrank region boundaries."""
+    x = torch.nn.functional.pad(images.float(), (1, 1, 1, 1), mode="replicate")
+    x = torch.nn.functional.avg_pool2d(x, 3, 1)
+    x = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+    gx = (x[..., 1:-1, 2:] - x[..., 1:-1, :-2]).abs().sum(1)
+    gy = (x[..., 2:, 1:-1] - x[..., :-2, 1:-1]).abs().sum(1)
+    mag = (gx + gy).flatten(1)
+    order = mag.argsort(dim=1, descending=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(mag.shape[1]).expand_as(order))
+    return (ranks < n_edges.view(-1, 1)).view(images.shape[0], *images.shape[2:])
+
+
+def boundary_fscore(images: torch.Tensor, outlines: torch.Tensor, tol: int = 1) -> torch.Tensor:
+    """Per-image boundary F-score [N] of the edges of ``images`` [N, 3, R, R] against the true
+    region boundaries ``outlines`` (bool [N, R, R]): precision = share of edge pixels within
+    ``tol`` pixels of the outline, recall = share of outline pixels within ``tol`` of an edge,
+    F = their harmonic mean.  The image's edges are its ``outline.sum()`` strongest gradient
+    pixels (:func:`edge_map`)."""
+    if outlines.dtype != torch.bool or outlines.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(f"outlines must be bool [N, R, R] matching images {tuple(images.shape)}, "
+                         f"got {outlines.dtype} {tuple(outlines.shape)}")
+    true = outlines
+    pred = edge_map(images, true.flatten(1).sum(1))
+
+    def grow(m):
+        return torch.nn.functional.max_pool2d(m.float().unsqueeze(1), 2 * tol + 1, 1, tol)[:, 0] > 0
+
+    tp_p = (pred & grow(true)).flatten(1).sum(1).double()
+    tp_r = (true & grow(pred)).flatten(1).sum(1).double()
+    prec = tp_p / pred.flatten(1).sum(1).clamp(min=1)
+    rec = tp_r / true.flatten(1).sum(1).clamp(min=1)
+    return torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec).clamp(min=1e-12), torch.zeros_like(prec))
 
 
 def class_factors(classes: str, n_classes: int) -> Dict[str, torch.Tensor]:
@@ -71,7 +116,7 @@ def evaluate_translator(tr, root, classes: str, oracle=None, *, seed: int = 0, m
     """The metrics of the module docstring for a :class:`~fastep.zoo.deepi2i.Translator`-like
     ``tr`` (``translate(x, y, z)``, ``cfg``, ``device``) on the validation split of ``root``."""
     from ...data import BuiltinStyles
-    from ...data.builtin import _shape_masks
+    from ...data.builtin import _outline, _shape_masks
     from ...eval.oracle import _iou, _records_to_params, load_or_train_oracle
 
     root = Path(root)
@@ -84,7 +129,8 @@ def evaluate_translator(tr, root, classes: str, oracle=None, *, seed: int = 0, m
     if max_inputs:
         x, labels, params = x[:max_inputs], labels[:max_inputs], params[:max_inputs]
     n = len(x)
-    masks = _shape_masks(params, tr.cfg.resolution) > 0
+    regions = _shape_masks(params, tr.cfg.resolution)
+    masks, outlines = regions > 0, _outline(regions, tr.cfg.resolution)
     fake = _translate_all(tr, x, n_classes, seed)
     pred = oracle.predict(fake)
     real = oracle.predict(x)
@@ -104,7 +150,10 @@ def evaluate_translator(tr, root, classes: str, oracle=None, *, seed: int = 0, m
     perm = torch.roll(torch.arange(n), 1)
     content = {"content": float(_iou(pred["mask"], in_masks).mean()),
                "content_random": float(_iou(real["mask"][perm], masks).mean()),
-               "content_input": float(_iou(real["mask"], masks).mean())}
+               "content_input": float(_iou(real["mask"], masks).mean()),
+               "boundary_f": float(boundary_fscore(fake, outlines.repeat(n_classes, 1, 1)).mean()),
+               "boundary_f_random": float(boundary_fscore(x[perm], outlines).mean()),
+               "boundary_f_input": float(boundary_fscore(x, outlines).mean())}
     if lpips is None:
         from ...eval.evaluate import make_lpips
 
@@ -146,6 +195,9 @@ def evaluate_run(out, *, seed: int = 0, max_inputs: Optional[int] = None, progre
 
     out = Path(out)
     ckpt = load_checkpoint(out / "final.pt")
+    if ckpt.system != "deepi2i":
+        raise ValueError(f"{out / 'final.pt'} is a {ckpt.system!r} checkpoint, not a DeepI2I translator "
+                         f"(give the --out folder of fastep train --system deepi2i)")
     run = from_dict(RunConfig, checkpoint_config(ckpt, "run"), what="deepi2i run config")
     _, target = prepare_data(run)
     tr = zoo.load(out / "final.pt")
@@ -164,13 +216,13 @@ def evaluate_run(out, *, seed: int = 0, max_inputs: Optional[int] = None, progre
 
 def format_table(rows: Dict[str, Dict[str, Any]]) -> str:
     """A markdown table of several evaluations ``{name: evaluate_translator(...)}``."""
-    head = ("| run | RC palette | RC joint | FC | mFD | mKIDx100 | content IoU | diversity |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- |")
+    head = ("| run | RC palette | RC joint | FC | mFD | mKIDx100 | content IoU | boundary F | diversity |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     lines = [head]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['rc'].get('palette', float('nan')):.3f} | {r['rc']['joint']:.3f} | "
                      f"{r['fc']:.3f} | {r['mfd']:.2f} | {r['mkid']:.2f} | {r['content']:.3f} | "
-                     f"{r['diversity']:.4f} |")
+                     f"{r['boundary_f']:.3f} | {r['diversity']:.4f} |")
     return "\n".join(lines)
 
 
@@ -193,6 +245,8 @@ def main(argv=None) -> int:
     print(format_table(rows))
     print(f"chance {report['final']['chance']:.3f}; content IoU of an unrelated real image "
           f"{report['final']['content_random']:.3f}, of the input itself {report['final']['content_input']:.3f}; "
+          f"boundary F of an unrelated real image {report['final']['boundary_f_random']:.3f}, of the input "
+          f"itself {report['final']['boundary_f_input']:.3f}; "
           f"RC of real images {json.dumps(report['final']['rc_real'])}")
     return 0
 

@@ -88,3 +88,24 @@ def test_rc_fc_content_of_a_perfect_and_a_constant_translator(tmp_path):
     assert perfect["fc"] > constant["fc"] + 0.2
     assert perfect["content"] > constant["content"] and perfect["content"] > perfect["content_random"]
     assert constant["diversity"] == 0.0 and perfect["mfd"] < constant["mfd"]
+    # the renderer keeps the input's boundaries whatever the palette: its edges score as the input's own
+    assert perfect["boundary_f"] == pytest.approx(perfect["boundary_f_input"], abs=0.1)
+    assert perfect["boundary_f"] > perfect["boundary_f_random"] + 0.2
+    assert perfect["boundary_f"] > constant["boundary_f"] + 0.2
+
+
+def test_boundary_fscore_scores_the_input_boundaries_and_not_another_scene():
+    from fastep.data.builtin import _outline, _shape_masks
+    from fastep.zoo.deepi2i.evaluate import boundary_fscore, edge_map
+
+    shape = lambda cx, cy: {"type": 0, "cx": cx, "cy": cy, "size": 0.2, "aspect": 1.0, "angle": 0.0}  # noqa: E731
+    params = [{"shapes": [shape(0.3, 0.3)]}, {"shapes": [shape(0.7, 0.6)]}]
+    regions = _shape_masks(params, 32)
+    outlines = _outline(regions, 32)
+    silhouettes = (regions > 0).float().unsqueeze(1).expand(-1, 3, -1, -1) * 2 - 1
+    own = boundary_fscore(silhouettes, outlines)
+    swapped = boundary_fscore(silhouettes.flip(0), outlines)
+    assert own.shape == (2,) and (own > 0.8).all() and (swapped < 0.3).all()
+    assert torch.equal(edge_map(silhouettes, torch.tensor([5, 0])).flatten(1).sum(1), torch.tensor([5, 0]))
+    with pytest.raises(ValueError, match="outlines must be bool"):
+        boundary_fscore(silhouettes, outlines.float())

@@ -108,3 +108,13 @@ def test_bad_input_is_one_line(run, tmp_path, capsys):
         err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("fastep: ")]
         assert rc == 1 and len(err) == 1 and msg in err[0], (extra, err)
         assert not (tmp_path / f"r{i}" / "data").exists()  # refused before any data is made
+
+
+def test_evaluate_refuses_a_folder_without_a_translator_in_one_line(run, tmp_path, capsys):
+    from fastep.zoo.deepi2i.evaluate import main as evaluate
+
+    assert evaluate([str(tmp_path / "missing")]) == 1
+    assert evaluate([os.path.join(run, "biggan")]) == 1  # the stand-in's folder: a sampler, no translator
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("deepi2i evaluate: error: ") for line in err), err
+    assert "does not exist" in err[0] and "'biggan' checkpoint, not a DeepI2I translator" in err[1]
