@@ -119,13 +119,14 @@ def run_biggan_stage(run: RunConfig, device: torch.device, source: Path) -> Dict
 
 
 def _transfer_nets(run: RunConfig, device: torch.device):
-    from .config import SCRATCH_FUSION, TRANSFER_FUSION
+    from .config import CPU_FUSION, SCRATCH_FUSION, TRANSFER_FUSION
     from .nets import build_nets
     from .weights import BigGANFormatError, load_biggan
 
     model = run.model
     if run.step.mode == "scratch":
-        if model.fusion == TRANSFER_FUSION:  # the scratch setting's own weights unless fusion was set
+        # the scratch setting's own weights unless fusion was set (the presets' transfer weights do not count)
+        if model.fusion in (TRANSFER_FUSION, CPU_FUSION):
             model = dataclasses.replace(model, fusion=SCRATCH_FUSION)
         torch.manual_seed(run.seed)
         return build_nets(model), model, "fresh networks (scratch mode)"

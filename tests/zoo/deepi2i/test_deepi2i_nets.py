@@ -336,7 +336,8 @@ def test_fusion_adds_weighted_features_at_side_4(cpu_nets):
 
 def test_fusion_weights_presets():
     assert PRESETS["paper"]().fusion_weights == {32: 0.1, 16: 0.1, 8: 0.1, 4: 0.1}
-    assert PRESETS["cpu"]().fusion_weights == {16: 0.1, 8: 0.1, 4: 0.1}
+    assert PRESETS["gpu"]().fusion_weights == {16: 0.1, 8: 0.1, 4: 0.1}
+    assert PRESETS["cpu"]().fusion_weights == {16: 10.0, 8: 3.0, 4: 1.0}  # ch 8: the input needs more weight
 
 
 # ----------------------------------------------------------------------------- input and config checks
