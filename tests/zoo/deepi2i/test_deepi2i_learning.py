@@ -64,6 +64,7 @@ def test_stand_in_samples_take_their_class_palette(learnt):
     fresh = build_nets(run.model)["G"]
     before = _palette_accuracy(fresh, oracle)
     after = _palette_accuracy(zoo.load(f"{run.out}/biggan/final.pt").G, oracle)
+    print(f"stand-in sample palette accuracy: fresh {before:.3f}, trained {after:.3f}")  # -s shows the margins
     assert before < 0.35, before  # ~1/6: a fresh generator ignores its class
     assert after >= 0.5, (before, after)
 
@@ -78,6 +79,9 @@ def test_translations_take_the_palette_and_keep_the_outline(learnt):
     start = evaluate_translator(_step0_translator(run), target, run.classes, oracle, **kw)
     final = evaluate_translator(zoo.load(f"{run.out}/final.pt"), target, run.classes, oracle, **kw)
     chance = final["chance"]
+    print(f"translation RC palette: start {start['rc']['palette']:.3f}, final {final['rc']['palette']:.3f}; "
+          f"boundary F {final['boundary_f']:.3f} vs an unrelated image {final['boundary_f_random']:.3f} "
+          f"(start {start['boundary_f']:.3f}, the input itself {final['boundary_f_input']:.3f})")
     assert final["rc"]["palette"] >= 2 * chance, final["rc"]
     assert final["rc"]["palette"] > start["rc"]["palette"], (start["rc"], final["rc"])
     assert final["boundary_f"] > final["boundary_f_random"], final
