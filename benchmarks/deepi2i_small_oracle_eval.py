@@ -16,6 +16,13 @@ import os
 import time
 
 
+def small_oracle_config():
+    """The small oracle's settings (palette-grade, about half a minute on one core)."""
+    from fastep.eval.oracle import OracleConfig
+
+    return OracleConfig(n_images=1200, steps=300, width=16, max_resolution=32)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="finished deepi2i run folders")
@@ -24,14 +31,14 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import fastep.zoo as zoo
     from fastep.config import from_dict
-    from fastep.eval.oracle import OracleConfig, load_or_train_oracle
+    from fastep.eval.oracle import load_or_train_oracle
     from fastep.io import write_json_atomic
     from fastep.train.checkpoint import checkpoint_config, load_checkpoint
     from fastep.zoo.deepi2i.evaluate import _step0_translator, evaluate_translator, format_table
     from fastep.zoo.deepi2i.pipeline import prepare_data
     from fastep.zoo.deepi2i.run_config import RunConfig
 
-    small = OracleConfig(n_images=1200, steps=300, width=16, max_resolution=32)
+    small = small_oracle_config()
     rows, walls = {}, {}
     for out in a.runs:
         t0 = time.perf_counter()

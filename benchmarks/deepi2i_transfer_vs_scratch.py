@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("--kimg", type=float, default=2.0, help="transfer length of every variant")
     p.add_argument("--out", default=None, help="JSON file for the results")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--small-oracle", action="store_true",
+                   help="judge with the small 32-px oracle of deepi2i_small_oracle_eval.py (fast; weak mask head)")
     a = p.parse_args(argv)
     from fastep.io import write_json_atomic
     from fastep.zoo.deepi2i.evaluate import _step0_translator, evaluate_translator, format_table
@@ -35,6 +37,9 @@ def main(argv=None) -> int:
     from fastep.eval.oracle import load_or_train_oracle
     import fastep.zoo as zoo
 
+    from deepi2i_small_oracle_eval import small_oracle_config
+
+    oracle_cfg = small_oracle_config() if a.small_oracle else None
     base = Path(a.base)
     results, walls = {}, {}
     for name, (mode, frac) in VARIANTS.items():
@@ -50,7 +55,7 @@ def main(argv=None) -> int:
         run_pipeline(run)
         walls[name] = time.perf_counter() - t0
         _, target = prepare_data(run)
-        oracle = load_or_train_oracle(target)
+        oracle = load_or_train_oracle(target, oracle_cfg) if oracle_cfg else load_or_train_oracle(target)
         results[name] = evaluate_translator(zoo.load(out / "final.pt"), target, run.classes, oracle)
         if name == "transfer, 100%":
             results["step 0 (BigGAN + fresh adaptor)"] = evaluate_translator(_step0_translator(run), target,
@@ -59,7 +64,7 @@ def main(argv=None) -> int:
     table = format_table(results)
     print(table)
     if a.out:
-        write_json_atomic({"kimg": a.kimg, "base": str(base), "wall_s": walls, "results": results,
+        write_json_atomic({"kimg": a.kimg, "small_oracle": a.small_oracle, "base": str(base), "wall_s": walls, "results": results,
                            "table": table, "load_avg": os.getloadavg()}, a.out)
     return 0
 
