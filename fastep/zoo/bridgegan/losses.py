@@ -103,10 +103,11 @@ def attribute_bce(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def discriminator_loss(DC, x_s: Tensor, y_s: Tensor, fakes: Mapping[str, Tensor], gp_weight: float = 10.0,
-                       u: Optional[Mapping[str, Tensor]] = None) -> Dict[str, Tensor]:
+                       u: Optional[Mapping[str, Tensor]] = None, cls_weight: float = 1.0) -> Dict[str, Tensor]:
     """The critic/classifier objective of one D step.
 
-    ``L_D = -(mean D(x_s) - mean_k mean D(x_k)) + gp_weight * mean_k GP(x_s, x_k) + BCE(C(x_s), y_s)``
+    ``L_D = -(mean D(x_s) - mean_k mean D(x_k)) + gp_weight * mean_k GP(x_s, x_k) +
+    cls_weight * BCE(C(x_s), y_s)`` (``cls_weight`` 1 in the paper and the release)
     over the fakes ``x_k`` (``{"rand", "ref", "int"}``: detached here).  ``DC(x)`` returns
     ``(critic [N, 1], logits [N, n])``; ``DC.critic`` (when present) is used for the penalty.
     ``u`` optionally fixes the interpolation weights per fake.  Returns
@@ -124,7 +125,7 @@ def discriminator_loss(DC, x_s: Tensor, y_s: Tensor, fakes: Mapping[str, Tensor]
     uu = None if u is None else torch.cat([torch.as_tensor(u[name]).reshape(-1) for name in fakes])
     gp = gradient_penalty(critic, x_s.detach().repeat(k, *([1] * (x_s.dim() - 1))), fake, uu)
     cls_real = attribute_bce(c_all[:n], y_s)
-    return {"total": wgan + gp_weight * gp + cls_real, "wgan": wgan, "gp": gp, "cls_real": cls_real}
+    return {"total": wgan + gp_weight * gp + cls_weight * cls_real, "wgan": wgan, "gp": gp, "cls_real": cls_real}
 
 
 def mode_seeking_loss(r: Tensor, r1: Tensor, x: Tensor, x1: Tensor, eps: float = 1e-5) -> Tensor:
@@ -140,7 +141,8 @@ class LossWeights:
     exact: ``paper`` (supplementary section C): ``L_adv + 10 L_cls + 100 L_rec + 100 L_cyc +
     50 L_sty + 0.005 L_ms + 100 L_ak`` with ``L_cyc = (cyc1 + cyc2) / 2``; ``code`` (the authors'
     release): ``L_adv + 10 L_cls + 100 L_rec + 50 (cyc1 + cyc2 + L_ak) / 3 + 50 L_sty + 0.005 L_ms``.
-    ``gp`` is the critic's gradient-penalty weight (10 in both).
+    ``gp`` is the critic's gradient-penalty weight (10 in both) and ``cls_real`` the weight of
+    the classifier's BCE on real images in the critic objective (1 in both).
     """
 
     adv: float = 1.0
@@ -152,6 +154,7 @@ class LossWeights:
     sty: float = 50.0
     ms: float = 0.005
     gp: float = 10.0
+    cls_real: float = 1.0
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

@@ -156,7 +156,8 @@ class BridgeTrainStep:
             c = make_codes(self.E, self.M, x_s, y_s, x_t, y_t, r)
             fakes = {"rand": self.G(x_s, c.S_rand), "ref": self.G(x_s, c.S_ref), "int": self.G(x_s, c.S_int)}
         self.opt_d.zero_grad(set_to_none=True)
-        out = discriminator_loss(self.D, x_s, y_s, fakes, gp_weight=self.weights.gp)
+        out = discriminator_loss(self.D, x_s, y_s, fakes, gp_weight=self.weights.gp,
+                                 cls_weight=self.weights.cls_real)
         out["total"].backward()
         self.opt_d.step()
         self.critic_count += 1

@@ -182,6 +182,10 @@ def test_discriminator_loss_routing_and_value(tiny):
     cls = attribute_bce(D(b["x_s"])[1], b["y_s"])
     torch.testing.assert_close(out["total"], wgan + 10 * gp + cls)
     torch.testing.assert_close(out["gp"], gp)
+    # the classifier's weight in the critic objective (LossWeights.cls_real; 1 in both presets)
+    heavy = discriminator_loss(D, b["x_s"], b["y_s"], live, u=u, cls_weight=4.0)
+    torch.testing.assert_close(heavy["total"], wgan + 10 * gp + 4 * cls)
+    assert LossWeights.preset("paper").cls_real == LossWeights.preset("code").cls_real == 1
     with pytest.raises(ValueError, match="at least one fake"):
         discriminator_loss(D, b["x_s"], b["y_s"], {})
 
