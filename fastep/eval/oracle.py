@@ -335,7 +335,10 @@ def load_or_train_oracle(root: Union[str, Path], cfg: OracleConfig = OracleConfi
     path = oracle_path(root)
     # the oracle trains on the train split's stream, not on the data set's training files: it
     # depends on the renderer's seed and resolution and the validation split it is measured on
-    data_key = {k: styles.params[k] for k in ("resolution", "seed", "n_val")}
+    # ... and on the renderer's version (an oracle.pt copied from another version's data set is stale)
+    from fastep.data import builtin
+
+    data_key = {**{k: styles.params[k] for k in ("resolution", "seed", "n_val")}, "renderer": builtin.VERSION}
     key = {"version": _ORACLE_VERSION, "data": data_key, "cfg": asdict(cfg)}
     if path.is_file():
         try:

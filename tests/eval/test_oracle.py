@@ -88,6 +88,17 @@ def test_oracle_is_cached_beside_the_data_set(data_root, oracle):
     assert path.is_file()
 
 
+def test_an_oracle_of_another_renderer_version_is_retrained(data_root, oracle, monkeypatch):
+    from fastep.data import builtin
+
+    monkeypatch.setattr(builtin, "VERSION", builtin.VERSION + 1)
+    calls = []
+    O.load_or_train_oracle(data_root, SMALL, log=calls.append)  # same settings, other renderer
+    assert len(calls) == 1 and "training the style oracle" in calls[0]
+    monkeypatch.undo()
+    O.load_or_train_oracle(data_root, SMALL)  # leave the module's cache as the other tests expect
+
+
 class _LookupModel:
     """E(B) = the index of B among known images; G(A, z) = the real rendering of A's shapes in
     image z's style: a perfect translator, to check that the report lines factors up right."""
