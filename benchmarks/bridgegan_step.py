@@ -90,6 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON file for the result (default: print only)")
+    p.add_argument("--jsonl", default=None, help="also append the result as one JSON line to this file")
     a = p.parse_args(argv)
     res = measure(a.preset, a.model, a.batch, a.n_critic, a.device, a.steps, a.warmup, a.amp)
     res.update({"load_avg_at_start": os.getloadavg()[0], "torch": torch.__version__, "platform": platform.platform(),
@@ -99,6 +100,9 @@ def main(argv=None) -> int:
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text + "\n")
+    if a.jsonl:
+        with open(a.jsonl, "a") as f:
+            f.write(json.dumps({"system": "bridgegan", **res}) + "\n")
     return 0
 
 

@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
+    p.add_argument("--jsonl", default=None, help="also append the result as one JSON line to this file")
     a = p.parse_args(argv)
     from fastep.zoo.deepi2i import TransferStep, build_nets
     from fastep.zoo.deepi2i.run_config import resolve_run_config
@@ -73,6 +74,9 @@ def main(argv=None) -> int:
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
+    if a.jsonl:
+        with open(a.jsonl, "a") as f:
+            f.write(json.dumps({"system": "deepi2i", **res}) + "\n")
     return 0
 
 

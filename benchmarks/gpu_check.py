@@ -19,6 +19,7 @@ step time over ``--steps`` synchronised steps, s/kimg, peak memory, CUDA kernels
 torch.profiler, with the top kernels by time), the kernels of the compiled graphs (read from
 inductor's generated code) and the unaligned-channel conv GFLOP of the step.  ``--smoke`` runs
 the same code on CPU at a toy size without compilation (a check that the script works).
+``summary`` also tabulates ``zoo.jsonl``, the zoo's training steps that ``gpu_check.sh`` measures.
 """
 from __future__ import annotations
 
@@ -264,6 +265,7 @@ def cmd_train(out: Path, batch: int, resolution: int, steps: int, warmup: int, i
 _STATUS = r"(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)"
 _VERBOSE_LINE = re.compile(r"^(\S+\.py::.*?) " + _STATUS + r"\b")
 _SUMMARY_LINE = re.compile(r"^" + _STATUS + r" (\S+\.py::.*?)(?: - .*)?$")
+_XDIST_LINE = re.compile(r"^\[gw\d+\] \[\s*\d+%\] " + _STATUS + r" (\S+\.py::.*?)\s*$")
 
 
 def _tests_table(out: Path) -> List[str]:
@@ -276,6 +278,10 @@ def _tests_table(out: Path) -> List[str]:
         m = _VERBOSE_LINE.match(line)  # -v: "tests/x.py::t[a b] PASSED [ 1%]"
         if m:
             status.setdefault(m.group(1), m.group(2))
+            continue
+        m = _XDIST_LINE.match(line)  # -v -n K: "[gw0] [  1%] PASSED tests/x.py::t[a b]"
+        if m:
+            status.setdefault(m.group(2), m.group(1))
             continue
         m = _SUMMARY_LINE.match(line)  # -rA: "FAILED tests/x.py::t[a b] - message"
         if m:
@@ -327,6 +333,20 @@ def cmd_summary(out: Path) -> int:
                 lines.append(f"- unaligned-channel conv GFLOP/step: {r['original']['unaligned_conv_gflop']} -> "
                              f"{r['rewritten']['unaligned_conv_gflop']} (all conv GFLOP {r['original']['conv_gflop']}"
                              f" -> {r['rewritten']['conv_gflop']})")
+        lines.append("")
+    zoo = _read_jsonl(out / "zoo.jsonl")
+    if zoo:
+        lines += ["## zoo training steps", "", "| system | preset | res | batch | bf16 | s/kimg | peak MiB |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in zoo:
+            if r.get("system") == "deepi2i":
+                batch = f"{r['micro_batch']} x {r['accumulations']}"
+                kimg, mem, amp = r["s_per_kimg"], r.get("peak_mem_mib", r.get("peak_rss_mib")), "-"
+            else:  # bridgegan: images read by the critic updates per kimg
+                batch = f"{r['batch']} (n_critic {r['n_critic']})"
+                kimg, mem, amp = r["s_per_kimg_read"], r.get("peak_mem_mib"), "yes" if r.get("amp_bf16") else "-"
+            lines.append(f"| {r['system']} | {r['preset']} | {r['resolution']} | {batch} | {amp} | {kimg:.3f} | "
+                         + (f"{mem:.0f}" if mem is not None else "-") + " |")
         lines.append("")
     conv = _read_jsonl(out / "conv.jsonl")
     if conv:

@@ -11,20 +11,23 @@
 #      falling back to `setup.py build_ext --inplace`;
 #   1. the CUDA/Triton tests, every item listed passed/failed/skipped (-rA), tracebacks kept as
 #      they happen (FASTEP_TEST_FAILLOG), items the time limit cut off listed as not run;
-#   2. Ours v3 at batch 8, 256 x 256: eager fp32 (true fp32), eager bf16, the compiled fast path,
+#   2. the zoo's training steps: DeepI2I phase 2 at the gpu and paper presets, BridgeGAN at the
+#      paper preset in fp32 and bf16 (benchmarks/deepi2i_step.py, bridgegan_step.py; zoo.jsonl);
+#   3. Ours v3 at batch 8, 256 x 256: eager fp32 (true fp32), eager bf16, the compiled fast path,
 #      and the fast path with CUDA graphs (benchmarks/gpu_check.py train);
-#   3. the conv micro-benchmark of the exact rewrites, bf16 channels_last (conv_rewrites.py);
-#   4. gram / style_loss / pairwise, PerceptualLoss and LPIPS against their eager versions
+#   4. the conv micro-benchmark of the exact rewrites, bf16 channels_last (conv_rewrites.py);
+#   5. gram / style_loss / pairwise, PerceptualLoss and LPIPS against their eager versions
 #      (benchmarks/test_bench_gram.py, test_bench_losses.py at their batch-8 cases).
 # The results folder holds at most 8 files (what a device call brings back): env.json, run.log,
-# tests.log, tests_failures.log, train.jsonl, conv.jsonl, losses.jsonl, summary.md.  Copy it to
-# benchmarks/results/<device>-<date>/ and commit it.
+# tests.log (with the failure tracebacks folded in), train.jsonl, zoo.jsonl, conv.jsonl,
+# losses.jsonl, summary.md.  Copy it to benchmarks/results/<device>-<date>/ and commit it.
 #
-# Time limits (seconds): T_INSTALL (60), T_BUILD (90), T_TESTS (80), T_TRAIN (170), T_CONV (30),
-# T_LOSSES (35); GPU_CHECK_BUDGET (465) caps their sum: a part never runs past the budget, and
+# Time limits (seconds): T_INSTALL (60), T_BUILD (90), T_TESTS (80), T_ZOO (90), T_TRAIN (170),
+# T_CONV (30), T_LOSSES (35); GPU_CHECK_BUDGET (465) caps their sum: a part never runs past the budget, and
 # one that finds under 10 s left is recorded as not run.  GPU_CHECK_TESTS (pytest paths, default
 # tests), GPU_CHECK_LOSSES_K (-k filter of the loss benchmarks), TRAIN_STEPS (10).
-# GPU_CHECK_PARTS (default "tests train conv losses") picks parts; two more exist for longer
+# GPU_CHECK_XDIST (pytest-xdist workers for the tests, 4; 1 = none).
+# GPU_CHECK_PARTS (default "tests zoo train conv losses") picks parts; two more exist for longer
 # sessions: "kernels" (every benchmark suite but training, records in kernels.jsonl) and "table"
 # (the full `fastep bench` training table, in table/).
 set -uo pipefail
@@ -43,7 +46,7 @@ say() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
 # part NAME LIMIT CMD...: run under its own time limit, output to run.log (and the console)
 START=$(date +%s)
 BUDGET=${GPU_CHECK_BUDGET:-465}
-PARTS=" ${GPU_CHECK_PARTS:-tests train conv losses} "
+PARTS=" ${GPU_CHECK_PARTS:-tests zoo train conv losses} "
 want() { [[ "$PARTS" == *" $1 "* ]]; }
 part() {
   local name=$1 limit=$2; shift 2
@@ -81,14 +84,32 @@ part env 60 $PY benchmarks/gpu_check.py env --out "$R"
 MARK="cuda or triton"
 TIMEOUT_OPT=""
 $PY -c "import pytest_timeout" 2>/dev/null && TIMEOUT_OPT="--timeout=${PER_TEST_TIMEOUT:-60}"
+# several workers on the one GPU: the Triton/inductor compiles that dominate these tests run on the CPUs
+XDIST_OPT=""
+[ "$SMOKE" != 1 ] && [ "${GPU_CHECK_XDIST:-4}" -gt 1 ] && $PY -c "import xdist" 2>/dev/null \
+  && XDIST_OPT="-n ${GPU_CHECK_XDIST:-4}"
 if want tests; then
   $PY -m pytest --collect-only -q -m "$MARK" -p no:cacheprovider ${GPU_CHECK_TESTS:-tests} \
     > "$R/tests_collected.txt" 2>&1
   part tests "${T_TESTS:-80}" bash -c "FASTEP_TEST_FAILLOG='$R/tests_failures.log' $PY -m pytest -v -rA \
-    -m '$MARK' -p no:cacheprovider $TIMEOUT_OPT ${GPU_CHECK_TESTS:-tests} > '$R/tests.log' 2>&1; \
+    -m '$MARK' -p no:cacheprovider $TIMEOUT_OPT $XDIST_OPT ${GPU_CHECK_TESTS:-tests} > '$R/tests.log' 2>&1; \
     tail -3 '$R/tests.log'"
 fi
-# 2. Ours v3 training step ------------------------------------------------------------------
+# 2. zoo training steps: DeepI2I phase 2 (gpu and paper presets), BridgeGAN (paper, fp32 and bf16) --
+if want zoo; then
+  if [ "$SMOKE" = 1 ]; then
+    ZOO="$PY benchmarks/deepi2i_step.py --preset cpu --device cpu --steps 1 --warmup 0 --jsonl '$R/zoo.jsonl'; \
+      $PY benchmarks/bridgegan_step.py --preset cpu --device cpu --steps 1 --warmup 0 --jsonl '$R/zoo.jsonl'"
+  else
+    ZOO="$PY benchmarks/deepi2i_step.py --preset gpu --device cuda --steps 5 --warmup 2 --jsonl '$R/zoo.jsonl'; \
+      $PY benchmarks/deepi2i_step.py --preset paper --device cuda --steps 3 --warmup 1 --jsonl '$R/zoo.jsonl'; \
+      $PY benchmarks/bridgegan_step.py --preset paper --device cuda --steps 3 --warmup 1 --jsonl '$R/zoo.jsonl'; \
+      $PY benchmarks/bridgegan_step.py --preset paper --device cuda --amp --steps 3 --warmup 1 --jsonl '$R/zoo.jsonl'"
+  fi
+  part zoo "${T_ZOO:-90}" bash -c "$ZOO"
+fi
+
+# 3. Ours v3 training step ------------------------------------------------------------------
 if want train; then
   if [ "$SMOKE" = 1 ]; then
     part train "${T_TRAIN}" $PY benchmarks/gpu_check.py train --out "$R" --smoke --batch 2 --resolution 64 \
@@ -99,7 +120,7 @@ if want train; then
   fi
 fi
 
-# 3. conv rewrites --------------------------------------------------------------------------
+# 4. conv rewrites --------------------------------------------------------------------------
 if want conv; then
   if [ "$SMOKE" = 1 ]; then
     part conv "${T_CONV}" $PY benchmarks/conv_rewrites.py --device cpu --batch 2 --resolution 32 --reps 2 \
@@ -110,7 +131,7 @@ if want conv; then
   fi
 fi
 
-# 4. losses against their eager versions ----------------------------------------------------
+# 5. losses against their eager versions ----------------------------------------------------
 DEV=cuda; [ "$SMOKE" = 1 ] && DEV=cpu
 if want losses; then
   K=${GPU_CHECK_LOSSES_K:-"(gram or style_loss or pairwise or perceptual) and (-0- or -3-) or lpips"}
@@ -129,7 +150,7 @@ fi
 if want table; then
   part table "${T_TABLE:-500}" $PY -m fastep bench --out "$R/table" ${TABLE_ARGS:-}
 fi
-touch "$R/losses.jsonl" "$R/conv.jsonl" "$R/train.jsonl" "$R/tests_failures.log"
+touch "$R/losses.jsonl" "$R/conv.jsonl" "$R/train.jsonl" "$R/zoo.jsonl" "$R/tests_failures.log"
 
 # summary -----------------------------------------------------------------------------------
 part summary 60 $PY benchmarks/gpu_check.py summary --out "$R"
@@ -138,5 +159,10 @@ if [ -f "$R/tests_collected.txt" ]; then
   { echo; echo "==== collected ($MARK)"; cat "$R/tests_collected.txt"; } >> "$R/tests.log"
   rm -f "$R/tests_collected.txt"
 fi
+# and the failure tracebacks (zoo.jsonl took their slot)
+if [ -s "$R/tests_failures.log" ]; then
+  { echo; echo "==== failure tracebacks (FASTEP_TEST_FAILLOG)"; cat "$R/tests_failures.log"; } >> "$R/tests.log"
+fi
+rm -f "$R/tests_failures.log"
 say "done: results in $R ($(ls "$R" | wc -l) files)"
 exit 0
