@@ -43,6 +43,7 @@ SYSTEM = System(
     stages=("biggan", "transfer"),
     run_config=lambda preset=None, overrides=None: _run_config(preset, overrides),
     train=lambda run: _train(run),
+    extra={"evaluates_in_train": True},  # --no-eval sets the run config's eval to false
 )
 
 

@@ -25,23 +25,36 @@ seeded z, and the oracle (trained on real renderings only) judges the translatio
 ==============  =====================================================================
 
 ``python -m fastep.zoo.deepi2i.evaluate OUT`` evaluates ``OUT/final.pt`` and the transfer's step
-0 (the BigGAN with a fresh adaptor, as the stage started) and writes ``OUT/eval.json``.
+0 (the BigGAN with a fresh adaptor, as the stage started) and writes ``OUT/eval.json``;
+``fastep train --system deepi2i`` runs the same evaluation at its end (``--no-eval`` skips it).
+The oracle is :data:`ORACLE`: fastep's default oracle settings, judging at 32 x 32.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
 
 from ...eval import metrics as M
+from ...eval.oracle import OracleConfig
 from .data import CLASS_FACTORS, labeled_builtin
 
-__all__ = ["evaluate_translator", "evaluate_run", "class_factors", "format_table", "edge_map", "boundary_fscore"]
+__all__ = ["ORACLE", "evaluate_translator", "evaluate_run", "class_factors", "format_table", "edge_map",
+           "boundary_fscore", "format_summary"]
+
+#: The style oracle that judges translations: fastep's default oracle settings (those of the
+#: StEP main job) at 32 x 32, so a 64-px target set is judged on area-downsampled images. Every
+#: style factor and the shape mask read at 32 px (held-out palette/gradient/texture ~1.0/0.99/0.97,
+#: mask IoU ~0.9), and a 64-px oracle costs about 4x: it did not finish in 16 minutes on a loaded
+#: 2-core machine, where this one trains in a few.
+ORACLE = OracleConfig(max_resolution=32)
 
 
 def edge_map(images: torch.Tensor, n_edges: torch.Tensor) -> torch.Tensor:
@@ -120,7 +133,7 @@ def evaluate_translator(tr, root, classes: str, oracle=None, *, seed: int = 0, m
     from ...eval.oracle import _iou, _records_to_params, load_or_train_oracle
 
     root = Path(root)
-    oracle = oracle or load_or_train_oracle(root, progress=progress)
+    oracle = oracle or load_or_train_oracle(root, ORACLE, progress=progress)
     n_classes = tr.cfg.n_classes
     val = labeled_builtin(root, "val", tr.cfg.resolution, classes)
     x, labels = val.float_images(), val.labels
@@ -183,7 +196,7 @@ def _step0_translator(run):
 
 
 def evaluate_run(out, *, seed: int = 0, max_inputs: Optional[int] = None, progress: bool = False,
-                 step0: bool = True) -> Dict[str, Any]:
+                 step0: bool = True, log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Evaluate ``OUT/final.pt`` (and the transfer's step 0) of a DeepI2I run; writes ``OUT/eval.json``."""
     import fastep.zoo as zoo
 
@@ -194,6 +207,9 @@ def evaluate_run(out, *, seed: int = 0, max_inputs: Optional[int] = None, progre
     from .run_config import RunConfig
 
     out = Path(out)
+    if not (out / "final.pt").is_file():
+        raise FileNotFoundError(f"{out / 'final.pt'} does not exist (give the --out folder of a finished "
+                                f"fastep train --system deepi2i run)")
     ckpt = load_checkpoint(out / "final.pt")
     if ckpt.system != "deepi2i":
         raise ValueError(f"{out / 'final.pt'} is a {ckpt.system!r} checkpoint, not a DeepI2I translator "
@@ -203,13 +219,19 @@ def evaluate_run(out, *, seed: int = 0, max_inputs: Optional[int] = None, progre
     tr = zoo.load(out / "final.pt")
     from ...eval.oracle import load_or_train_oracle
 
-    oracle = load_or_train_oracle(target, progress=progress)
+    t0 = time.perf_counter()
+    oracle = load_or_train_oracle(target, ORACLE, progress=progress, log=log)
+    n = min(max_inputs or run.n_val, run.n_val)
+    if log:
+        log(f"fastep: evaluating DeepI2I on {n} validation inputs x {run.model.n_classes} classes"
+            + (" (and the transfer's step 0)" if step0 and run.step.mode == "transfer" else ""))
     report = {"checkpoint": str(out / "final.pt"), "mode": run.step.mode, "target_fraction": run.target_fraction,
-              "kimg": ckpt.kimg, "final": evaluate_translator(tr, target, run.classes, oracle, seed=seed,
-                                                                max_inputs=max_inputs)}
+              "kimg": ckpt.kimg, "oracle": dataclasses.asdict(ORACLE),
+              "final": evaluate_translator(tr, target, run.classes, oracle, seed=seed, max_inputs=max_inputs)}
     if step0 and run.step.mode == "transfer":
         report["step0"] = evaluate_translator(_step0_translator(run), target, run.classes, oracle, seed=seed,
                                               max_inputs=max_inputs)
+    report["wall_s"] = time.perf_counter() - t0
     write_json_atomic(report, out / "eval.json")
     return report
 
@@ -226,6 +248,39 @@ def format_table(rows: Dict[str, Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_summary(report: Dict[str, Any], out=None) -> str:
+    """The evaluation's headline numbers, each next to its step-0 value and its references, and
+    where the pictures are (what ``fastep train --system deepi2i`` prints at its end)."""
+    f, s0 = report["final"], report.get("step0")
+    held = f.get("oracle_held_out") or {}
+
+    def row(name, key, fmt, refs=""):
+        start = f"step 0 {format(s0[key], fmt)}" if s0 else ""
+        extra = "; ".join(x for x in (start, refs) if x)
+        return f"  {name:<34} {format(f[key], fmt):>8}" + (f"   ({extra})" if extra else "")
+
+    rc = f["rc"].get("palette", f["rc"]["joint"])
+    rc0 = s0["rc"].get("palette", s0["rc"]["joint"]) if s0 else None
+    real = f["rc_real"].get("palette", next(iter(f["rc_real"].values())))
+    lines = [f"DeepI2I evaluation: {f['n_inputs']} validation inputs x {f['n_classes']} classes, judged by the "
+             f"style oracle (held-out palette {held.get('palette', float('nan')):.2f}, mask IoU "
+             f"{held.get('mask_iou', float('nan')):.2f})",
+             f"  {'class accuracy of translations (RC)':<34} {rc:>8.3f}   ("
+             + (f"step 0 {rc0:.3f}; " if rc0 is not None else "") + f"chance {f['chance']:.3f}; real images {real:.2f})",
+             row("FC (probe trained on translations)", "fc", ".3f"),
+             row("Frechet distance (oracle features)", "mfd", ".0f"),
+             row("content IoU with the input's shapes", "content", ".3f",
+                 f"unrelated image {f['content_random']:.3f}; the input {f['content_input']:.3f}"),
+             row("boundary F-score against the input", "boundary_f", ".3f",
+                 f"unrelated image {f['boundary_f_random']:.3f}; the input {f['boundary_f_input']:.3f}"),
+             row("LPIPS diversity over z", "diversity", ".3f")]
+    if out is not None:
+        out = Path(out)
+        lines.append(f"pictures: {out / 'transfer' / 'samples'} (rows: input, then its translation to each "
+                     f"class); numbers: {out / 'eval.json'}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m fastep.zoo.deepi2i.evaluate",
                                 description="Evaluate a DeepI2I run folder (OUT/final.pt) on its target set.")
@@ -233,21 +288,26 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-inputs", type=int, default=None, help="validation inputs to translate (default all)")
     p.add_argument("--no-step0", dest="step0", action="store_false", help="skip the step-0 reference")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args = p.parse_args(argv)
     from ...train.checkpoint import CheckpointError
 
+    if args.max_inputs is not None and args.max_inputs < 1:
+        print(f"deepi2i evaluate: error: --max-inputs must be >= 1, got {args.max_inputs}", file=sys.stderr)
+        return 1
     try:
-        report = evaluate_run(args.out, seed=args.seed, max_inputs=args.max_inputs, step0=args.step0)
+        report = evaluate_run(args.out, seed=args.seed, max_inputs=args.max_inputs, step0=args.step0,
+                              progress=args.progress, log=lambda m: print(m, file=sys.stderr, flush=True))
     except (ValueError, FileNotFoundError, CheckpointError) as err:
         print(f"deepi2i evaluate: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("deepi2i evaluate: interrupted; nothing was written", file=sys.stderr)
+        return 130
     rows = {"final": report["final"], **({"step 0": report["step0"]} if "step0" in report else {})}
     print(format_table(rows))
-    print(f"chance {report['final']['chance']:.3f}; content IoU of an unrelated real image "
-          f"{report['final']['content_random']:.3f}, of the input itself {report['final']['content_input']:.3f}; "
-          f"boundary F of an unrelated real image {report['final']['boundary_f_random']:.3f}, of the input "
-          f"itself {report['final']['boundary_f_input']:.3f}; "
-          f"RC of real images {json.dumps(report['final']['rc_real'])}")
+    print(format_summary(report, args.out))
+    print(f"RC of real images per factor: {json.dumps(report['final']['rc_real'])}")
     return 0
 
 

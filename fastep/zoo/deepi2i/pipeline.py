@@ -6,7 +6,8 @@
 
 Output layout (``OUT`` = ``--out``)::
 
-    OUT/metrics.json              every stage's numbers
+    OUT/metrics.json              every stage's numbers (and the evaluation's, under "eval")
+    OUT/eval.json                 the evaluation on the validation split (``run.eval``)
     OUT/final.pt                  the DeepI2I checkpoint (``fastep.zoo.load`` -> Translator)
     OUT/biggan/weights/           G.pth, G_ema.pth, D.pth, state_dict.pth (BigGAN-PyTorch format)
     OUT/biggan/final.pt           the stand-in as a fastep checkpoint (``fastep.zoo.load`` -> Sampler)
@@ -101,7 +102,7 @@ def run_biggan_stage(run: RunConfig, device: torch.device, source: Path) -> Dict
     final = out / "final.pt"
     if run.resume and final.is_file() and (out / "weights" / "state_dict.pth").is_file():
         _log(f"fastep: stage biggan already done ({final}); skipping")
-        return load_checkpoint(final).metrics or {}
+        return {**(load_checkpoint(final).metrics or {}), "skipped": True}
     torch.manual_seed(run.seed)
     nets = build_nets(run.model)
     step = BigGANStep(nets, run.biggan_step, device)
@@ -152,7 +153,7 @@ def run_transfer_stage(run: RunConfig, device: torch.device, target: Path, nets=
     final = Path(run.out) / "final.pt"
     if run.resume and final.is_file():
         _log(f"fastep: stage transfer already done ({final}); skipping")
-        return load_checkpoint(final).metrics or {}
+        return {**(load_checkpoint(final).metrics or {}), "skipped": True}
     nets, model, source = nets or _transfer_nets(run, device)
     step = TransferStep(nets, run.step, device)
     ds = labeled_builtin(target, "train", run.resolution, run.classes, run.target_fraction)
@@ -193,10 +194,14 @@ def run_pipeline(run: RunConfig) -> Dict[str, Any]:
     stage = run.stages[0]
     try:
         for stage in run.stages:
+            earlier = summary["stages"].get(stage)
             if stage == "biggan":
-                summary["stages"]["biggan"] = run_biggan_stage(run, device, source)
+                result = run_biggan_stage(run, device, source)
             else:
-                summary["stages"]["transfer"] = run_transfer_stage(run, device, target, nets)
+                result = run_transfer_stage(run, device, target, nets)
+            # a finished stage that --resume skipped returns its checkpoint's metrics, which lack
+            # the per-update history; keep the record this file already holds
+            summary["stages"][stage] = earlier if result.get("skipped") and earlier else result
             _save()
     except (NonFiniteLossError, KeyboardInterrupt) as err:
         if not isinstance(err, NonFiniteLossError):
@@ -208,4 +213,15 @@ def run_pipeline(run: RunConfig) -> Dict[str, Any]:
     if (out / "final.pt").is_file():
         summary["checkpoint"] = str(out / "final.pt")
     _save()
+    if run.eval and "transfer" in run.stages and (out / "final.pt").is_file():
+        from .evaluate import evaluate_run, format_summary
+
+        try:
+            report = evaluate_run(out, seed=run.seed, max_inputs=run.eval_n, progress=run.progress, log=_log)
+        except KeyboardInterrupt as err:
+            err.stage = "eval"  # the model is complete; --resume skips both stages and evaluates
+            raise
+        summary["eval"] = {k: report[k] for k in ("final", "step0", "wall_s") if k in report}
+        _save()
+        print(format_summary(report, out), flush=True)
     return summary

@@ -40,6 +40,8 @@ class RunConfig:
     BigGAN and DeepI2I).  Intervals: ``ckpt_every``/``image_every`` (kimg; 0 only at the end),
     ``log_every`` (updates).  ``step``: the transfer's optimisation, ``biggan_step`` the stand-in's
 (its ``mode``, phase and reconstruction settings are unused); ``model``: the networks.
+    ``eval``: at the end, evaluate the transfer's translator (and its step 0) on the first
+    ``eval_n`` validation images (:mod:`~fastep.zoo.deepi2i.evaluate`; ``--no-eval`` skips it).
     """
 
     out: str = "runs/deepi2i"
@@ -65,6 +67,8 @@ class RunConfig:
     log_every: int = 50
     keep: int = 3
     workers: int = 0
+    eval: bool = True
+    eval_n: int = 200
     model: DeepI2IConfig = field(default_factory=DeepI2IConfig)
     step: StepConfig = field(default_factory=StepConfig)
     biggan_step: StepConfig = field(default_factory=StepConfig)
@@ -85,12 +89,11 @@ class RunConfig:
             bad("stages", f"distinct stages in the order {', '.join(STAGES)}")
         object.__setattr__(self, "stages", stages)
         choose(self.classes, CLASS_FACTORS, "deepi2i class scheme")
-        for name in ("seed", "n_source", "n_train", "n_val", "log_every", "keep", "workers"):
+        positive = ("n_source", "n_train", "log_every", "keep", "eval_n")
+        for name in ("seed", "n_source", "n_train", "n_val", "log_every", "keep", "workers", "eval_n"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name in ("n_source", "n_train",
-                                                                                   "log_every", "keep") else 0):
-                bad(name, "an integer >= 1" if name in ("n_source", "n_train", "log_every", "keep")
-                    else "an integer >= 0")
+            if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name in positive else 0):
+                bad(name, "an integer >= 1" if name in positive else "an integer >= 0")
         for name in ("biggan_kimg", "transfer_kimg", "ckpt_every", "image_every", "target_fraction"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
@@ -100,7 +103,7 @@ class RunConfig:
                 bad(name, "> 0")
         if not 0 < self.target_fraction <= 1:
             bad("target_fraction", "a share of every class in (0, 1]")
-        for name in ("resume", "progress"):
+        for name in ("resume", "progress", "eval"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "true or false")
         if self.biggan is not None and (not isinstance(self.biggan, str) or not self.biggan):

@@ -1,6 +1,7 @@
 """``fastep train --system deepi2i`` / ``--system biggan`` on tiny sizes: the stage-biggan
 folder in the BigGAN-PyTorch format read back strictly, the transfer from it, the zoo's
-inference objects, a NaN's exit status 3, and one-line errors on bad input."""
+inference objects, the closing evaluation and its summary, a NaN's exit status 3, and one-line
+errors on bad input."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,6 +13,8 @@ import torch
 
 import fastep.zoo as zoo
 from fastep.cli import main
+from fastep.eval.oracle import OracleConfig
+from fastep.zoo.deepi2i import evaluate as deepi2i_evaluate
 from fastep.train.checkpoint import CheckpointManager, load_checkpoint
 from fastep.train.trainer import Trainer
 from fastep.zoo.deepi2i.config import TRANSFER_FUSION
@@ -28,11 +31,44 @@ TINY = ["--preset", "cpu", "--no-progress", "--set", "n_source=12", "--set", "n_
         "--set", "image_every=0.008", "--set", "log_every=1", "--device", "cpu"]
 
 
+# the closing evaluation's oracle, shrunk to seconds (the real one trains for minutes)
+TINY_ORACLE = OracleConfig(n_images=32, steps=3, batch_size=8, width=8, max_resolution=32)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("deepi2i") / "run")
-    assert main(["train", "--system", "deepi2i", "--out", out, *TINY]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(deepi2i_evaluate, "ORACLE", TINY_ORACLE)
+        assert main(["train", "--system", "deepi2i", "--out", out, *TINY]) == 0
     return out
+
+
+def test_the_run_ends_with_its_evaluation(run, monkeypatch, capsys):
+    report = json.load(open(os.path.join(run, "eval.json")))
+    assert report["oracle"] == dataclasses.asdict(TINY_ORACLE)
+    assert report["final"]["n_inputs"] == 4 and report["final"]["n_classes"] == 6
+    assert set(report["step0"]) == set(report["final"])  # the transfer's step 0, scored the same way
+    metrics = json.load(open(os.path.join(run, "metrics.json")))
+    assert metrics["eval"]["final"] == report["final"] and metrics["eval"]["step0"] == report["step0"]
+    # --resume on the finished run trains nothing and evaluates again, ending with the summary
+    monkeypatch.setattr(deepi2i_evaluate, "ORACLE", TINY_ORACLE)
+    before = os.path.getmtime(os.path.join(run, "final.pt"))
+    assert main(["train", "--system", "deepi2i", "--out", run, "--resume", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert os.path.getmtime(os.path.join(run, "final.pt")) == before
+    assert "DeepI2I evaluation: 4 validation inputs x 6 classes" in out
+    assert "class accuracy of translations (RC)" in out and "step 0" in out and "chance 0.167" in out
+    assert f"pictures: {os.path.join(run, 'transfer', 'samples')}" in out
+
+
+def test_no_eval_skips_the_evaluation(run, tmp_path):
+    out = str(tmp_path / "run")
+    folder = os.path.join(run, "biggan", "weights")
+    assert main(["train", "--system", "deepi2i", "--out", out, "--stage", "transfer", "--set", f"biggan={folder}",
+                 *TINY, "--no-eval"]) == 0
+    assert os.path.isfile(os.path.join(out, "final.pt")) and not os.path.exists(os.path.join(out, "eval.json"))
+    assert "eval" not in json.load(open(os.path.join(out, "metrics.json")))
 
 
 def test_stage_biggan_writes_a_biggan_pytorch_folder_that_loads_strictly(run):
