@@ -32,6 +32,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from fastep._ext import fp32_dot_mode, triton_interpret
 
@@ -271,13 +272,32 @@ def _prec(dtype: torch.dtype) -> int:
     return PREC_TF32X3
 
 
+#: Pipelining depths a fixed-config launch tries, deepest first: a BLOCK_K = 128 float32 tile at
+#: 3 stages needs 288-320 KB of shared memory, more than an H200's 227 KB (Triton raises
+#: OutOfResources at launch), and the next depth down fits.
+_FIXED_STAGES = (1,) if INTERPRET else (3, 2, 1)
+
+
+def _launch_fixed(kernel, grid, args, meta, **config) -> None:
+    """kernel[grid](*args, **meta, **config, num_stages=s) at the deepest ``_FIXED_STAGES`` that fits."""
+    for i, stages in enumerate(_FIXED_STAGES):
+        try:
+            kernel[grid](*args, **meta, **config, num_stages=stages)
+            return
+        except OutOfResources:
+            if i == len(_FIXED_STAGES) - 1:
+                raise
+
+
 def _launch(run, prec: int) -> None:
-    """run(prec); if this Triton can't compile tf32x3, remember it and use IEEE fp32 instead."""
+    """run(prec); if this Triton can't compile tf32x3, remember it and use IEEE fp32 instead.
+    A tile too big for the device (OutOfResources) is no compile failure: it is raised as is."""
     global _TF32X3_BROKEN
     try:
         run(prec)
     except Exception as err:  # noqa: BLE001 - only Triton's own compile errors are retried
-        if prec != PREC_TF32X3 or not type(err).__module__.startswith("triton"):
+        if (prec != PREC_TF32X3 or not type(err).__module__.startswith("triton")
+                or isinstance(err, OutOfResources)):
             raise
         warnings.warn(f"fastep: Triton could not compile tf32x3 dots ({type(err).__name__}: {err}); "
                       "using IEEE float32 FMAs", RuntimeWarning)
@@ -388,8 +408,7 @@ def gram_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, scale: Opt
         if tune:
             _gram_kernel_tuned[grid](*args, **meta, PREC=prec)
         else:
-            _gram_kernel[grid](*args, **meta, PREC=prec, BLOCK_K=bk, num_warps=4,
-                               num_stages=3 if not INTERPRET else 1)
+            _launch_fixed(_gram_kernel, grid, args, meta, PREC=prec, BLOCK_K=bk, num_warps=4)
 
     _launch(run, _prec(x.dtype))
     if split > 1:
@@ -459,8 +478,7 @@ def pairwise_launch(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, split_
         if tune:
             _pdist_kernel_tuned[grid](*args, **meta, PREC=prec)
         else:
-            _pdist_kernel[grid](*args, **meta, PREC=prec, BLOCK_K=bk, num_warps=4,
-                                num_stages=3 if not INTERPRET else 1)
+            _launch_fixed(_pdist_kernel, grid, args, meta, PREC=prec, BLOCK_K=bk, num_warps=4)
 
     _launch(run, _prec(x.dtype))
     fb = 32

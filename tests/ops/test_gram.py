@@ -757,3 +757,42 @@ def test_cuda_style_loss_vgg_like(dtype):
     for a, a64 in zip(fx, fx64):
         assert a.grad.is_contiguous(memory_format=torch.channels_last)
         assert_normwise(a.grad, a64.grad, 4096, dtype, factor=8.0)
+
+
+def test_fixed_config_launch_steps_down_the_pipelining_depth(monkeypatch):
+    # On an H200 a BLOCK_K = 128 float32 tile at 3 stages asks for more shared memory than the
+    # device has; the fixed-config launch then takes the next depth, and an OutOfResources is
+    # never mistaken for a tf32x3 compile failure (which would switch the process to IEEE dots).
+    from triton.runtime.errors import OutOfResources
+
+    from fastep.kernels import gram as K
+
+    monkeypatch.setattr(K, "_FIXED_STAGES", (3, 2, 1))
+    calls = []
+
+    class Kernel:
+        def __init__(self, fits):
+            self.fits = fits
+
+        def __getitem__(self, grid):
+            def launch(*args, num_stages, **kw):
+                calls.append(num_stages)
+                if num_stages > self.fits:
+                    raise OutOfResources(98304 * num_stages, 232448, "shared memory")
+            return launch
+
+    K._launch_fixed(Kernel(fits=2), (1,), (), {}, PREC=K.PREC_TF32X3, BLOCK_K=128, num_warps=4)
+    assert calls == [3, 2]
+    calls.clear()
+    with pytest.raises(OutOfResources):
+        K._launch_fixed(Kernel(fits=0), (1,), (), {}, BLOCK_K=128)
+    assert calls == [3, 2, 1]
+
+    monkeypatch.setattr(K, "_TF32X3_BROKEN", False)
+
+    def too_big(prec):
+        raise OutOfResources(327680, 232448, "shared memory")
+
+    with pytest.raises(OutOfResources):
+        K._launch(too_big, K.PREC_TF32X3)
+    assert K._TF32X3_BROKEN is False
