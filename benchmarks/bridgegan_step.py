@@ -43,7 +43,11 @@ def measure(preset: str, model: str, batch, n_critic, device: str, steps: int, w
 
     run = resolve_run_config(preset, {k: v for k, v in {"batch": batch, "n_critic": n_critic, "device": device}.items()
                                       if v is not None})
-    cfg = MODELS[model](n_attrs=15) if model else run.model
+    from fastep.zoo.bridgegan import builtin_space
+
+    # the labels are the built-in set's (15 attributes); the paper preset's nets have CelebA's 14
+    n_attrs = len(builtin_space())
+    cfg = MODELS[model](n_attrs=n_attrs) if model else dataclasses.replace(run.model, n_attrs=n_attrs)
     run = dataclasses.replace(run, model=cfg)
     dev = torch.device(device)
     step = build_step(run, dev, 1000)
