@@ -91,7 +91,7 @@ def _gram_triton(features: Tensor, out_dtype: Optional[torch.dtype] = None) -> T
 
 
 GRAM = _ext.register_op(
-    "gram", cuda=["cublas"],
+    "gram", cuda=[("triton", (torch.float32,)), "cublas"],  # why, in fastep/ops/gram_cublas.py
     impls={"cublas": _gram_cublas, "triton": _gram_triton, "reference": _ref.gram_reference},
     doc="F F^T / (C H W): one cuBLAS bmm with fp32 accumulation (Triton: upper-triangle tiles, "
         "split-K)")
@@ -162,7 +162,7 @@ def _gram_diff_with(gram_fn):
     return gram_diff
 
 
-_STYLE_ROUTES = [("triton", _HALF), "cublas"]  # float32: why, in fastep/ops/gram_cublas.py
+_STYLE_ROUTES = ["triton", "cublas"]  # every float dtype: why, in fastep/ops/gram_cublas.py
 GRAM_DIFF = _ext.register_op(
     "gram_diff", cuda=_STYLE_ROUTES,
     impls={"triton": _gram_diff_triton, "cublas": _gram_diff_with(_gram_cublas),

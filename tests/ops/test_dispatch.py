@@ -121,8 +121,9 @@ def test_every_public_op_dispatches_through_the_registry(monkeypatch):
 def test_info_shows_every_route():
     text = fastep.info()
     lines = {ln.split()[0]: ln for ln in text.splitlines() if ln.startswith("  ") and ":" in ln}
-    assert "cuda: fp32,bf16,fp16=cublas" in lines["gram"]
-    assert "fp32=cublas bf16,fp16=triton" in lines["style_loss"]
+    assert "cuda: fp32=triton bf16,fp16=cublas" in lines["gram"]
+    assert "cuda: fp32,bf16,fp16=triton" in lines["style_loss"]
+    assert "cuda: fp32,bf16,fp16=cublas" in lines["pairwise_style_distance"]
     assert "has: triton, cublas, reference" in lines["pairwise_style_distance"]
     assert "float32 dots in Triton kernels: tf32x3" in text
     assert "weighted_feature_distance_backward" not in text  # backward ops follow their forward

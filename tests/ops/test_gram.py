@@ -112,12 +112,12 @@ def test_gram_forward_backward(device, shape, layout):
 
 @pytest.mark.cuda
 def test_gram_cuda_routes():
-    """gram and pairwise run cuBLAS on CUDA for every float dtype; style_loss runs the fused
-    Triton kernels in half precision and cuBLAS in float32; float64 runs the reference."""
+    """On CUDA gram runs Triton in float32 and cuBLAS in half precision, pairwise cuBLAS for every
+    float dtype, style_loss the fused Triton kernels for every float dtype; float64 the reference."""
     for dt in (torch.float32, torch.float16, torch.bfloat16):
-        assert _ext.backend_for("gram", "cuda", dt) == "cublas"
+        assert _ext.backend_for("gram", "cuda", dt) == ("triton" if dt == torch.float32 else "cublas")
         assert _ext.backend_for("pairwise_style_distance", "cuda", dt) == "cublas"
-        assert _ext.backend_for("style_loss", "cuda", dt) == ("cublas" if dt == torch.float32 else "triton")
+        assert _ext.backend_for("style_loss", "cuda", dt) == "triton"
     assert _ext.backend_for("gram", "cuda", torch.float64) == "reference"
     f = torch.randn(2, 64, 16, 16, device="cuda")
     with _ext.force_backend("reference"):
@@ -191,16 +191,19 @@ def test_registered_cublas_impls(device, dtype):
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_gemm_routing_cuda(dtype, monkeypatch):
-    """gram / pairwise on CUDA take the cuBLAS route unless the Triton kernels are forced
-    (FASTEP_BACKEND=gram=triton,pairwise_style_distance=triton)."""
+    """On CUDA gram takes the Triton kernel in float32 and cuBLAS in half precision, pairwise
+    cuBLAS; FASTEP_BACKEND forces either (gram=cublas / gram=triton,pairwise_style_distance=triton)."""
+    from fastep.kernels.gram import gram_launch, pairwise_launch
+
     f = make_features((2, 96, 12, 12), dtype, "cuda", "channels_last")
     x = torch.randn(40, 333, device="cuda").to(dtype)
-    assert torch.equal(fastep.gram(f), G._gram_cublas(f))
+    assert torch.equal(fastep.gram(f), (gram_launch if dtype == torch.float32 else G._gram_cublas)(f))
     assert torch.equal(fastep.pairwise_style_distance(x), G._pairwise_cublas(x))
     monkeypatch.setenv("FASTEP_BACKEND", "gram=triton,pairwise_style_distance=triton")
-    from fastep.kernels.gram import gram_launch, pairwise_launch
     assert torch.equal(fastep.gram(f), gram_launch(f))
     assert torch.equal(fastep.pairwise_style_distance(x), pairwise_launch(x))
+    monkeypatch.setenv("FASTEP_BACKEND", "gram=cublas")
+    assert torch.equal(fastep.gram(f), G._gram_cublas(f))
 
 
 # ----------------------------------------------------------------------------------------------
