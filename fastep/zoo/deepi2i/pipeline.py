@@ -16,6 +16,8 @@ Output layout (``OUT`` = ``--out``)::
                                         input / to class c)
 
 ``--resume`` continues an interrupted stage from its newest checkpoint and skips finished ones.
+Under ``torchrun`` (WORLD_SIZE > 1) every rank trains on its shard of each batch (see
+:mod:`.train_step`); rank 0 alone makes the data, writes the folders and metrics, and evaluates.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import torch
 
 from ...io import write_json_atomic
 from ...train.checkpoint import load_checkpoint
+from ...train.distributed import dist_info, init_distributed
 from ...train.trainer import NonFiniteLossError, Trainer
 from .run_config import RunConfig
 
@@ -37,17 +40,26 @@ __all__ = ["run_pipeline", "prepare_data", "run_biggan_stage", "run_transfer_sta
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    if dist_info()[0] == 0:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _barrier() -> None:
+    if dist_info()[1] > 1:
+        torch.distributed.barrier()
 
 
 def _device(run: RunConfig) -> torch.device:
-    import os
+    """The run's device; under torchrun the process group is set up here (gloo on CPU, NCCL on
+    CUDA with ``cuda:LOCAL_RANK``)."""
+    return init_distributed(run.device)[0]
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("DeepI2I training runs in one process (no torchrun / DDP yet)")
-    if run.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(run.device)
+
+def _per_rank_noise(run: RunConfig) -> None:
+    """Each rank draws its own z and y' (the nets were built from the same seed on every rank)."""
+    rank, world = dist_info()
+    if world > 1:
+        torch.manual_seed(run.seed * 1000 + 7919 * rank + 1)
 
 
 def prepare_data(run: RunConfig) -> Tuple[Path, Path]:
@@ -58,12 +70,14 @@ def prepare_data(run: RunConfig) -> Tuple[Path, Path]:
     data = Path(run.out) / "data"
     source = data / f"source-r{r}-n{run.n_source}-s{run.seed + 1}"
     target = data / f"target-r{r}-n{run.n_train}-{run.n_val}-s{run.seed}"
-    if "biggan" in run.stages:
-        _log(f"fastep: source set ({run.n_source} images, {r}px, seed {run.seed + 1}) -> {source}")
-        make_builtin_dataset(source, n_train=run.n_source, n_val=0, resolution=r, seed=run.seed + 1)
-    if "transfer" in run.stages:
-        _log(f"fastep: target set ({run.n_train} train / {run.n_val} val, {r}px, seed {run.seed}) -> {target}")
-        make_builtin_dataset(target, n_train=run.n_train, n_val=run.n_val, resolution=r, seed=run.seed)
+    if dist_info()[0] == 0:  # the other ranks wait, then read what rank 0 wrote
+        if "biggan" in run.stages:
+            _log(f"fastep: source set ({run.n_source} images, {r}px, seed {run.seed + 1}) -> {source}")
+            make_builtin_dataset(source, n_train=run.n_source, n_val=0, resolution=r, seed=run.seed + 1)
+        if "transfer" in run.stages:
+            _log(f"fastep: target set ({run.n_train} train / {run.n_val} val, {r}px, seed {run.seed}) -> {target}")
+            make_builtin_dataset(target, n_train=run.n_train, n_val=run.n_val, resolution=r, seed=run.seed)
+    _barrier()
     return source, target
 
 
@@ -84,11 +98,16 @@ def _trainer(step, ds, run: RunConfig, stage: str, kimg: float, device, system: 
                    extras={"classes": run.classes}, progress=run.progress)
 
 
-def _finish(trainer: Trainer, metrics: Dict[str, Any], final: Path) -> None:
-    ckpt = trainer.state()
-    ckpt.metrics = {k: v for k, v in metrics.items() if k != "history"}
-    ckpt.weights_only().save(final)
-    trainer.ckpts.slim_all()
+def _finish(trainer: Trainer, metrics: Dict[str, Any], final: Path, write=None) -> None:
+    """Write ``final`` (and ``write()``, if given) on rank 0; collective under torchrun."""
+    ckpt = trainer.state()  # every rank: it gathers the ranks' RNG states
+    if dist_info()[0] == 0:
+        if write is not None:
+            write()
+        ckpt.metrics = {k: v for k, v in metrics.items() if k != "history"}
+        ckpt.weights_only().save(final)
+        trainer.ckpts.slim_all()
+    _barrier()
 
 
 def run_biggan_stage(run: RunConfig, device: torch.device, source: Path) -> Dict[str, Any]:
@@ -106,6 +125,7 @@ def run_biggan_stage(run: RunConfig, device: torch.device, source: Path) -> Dict
     torch.manual_seed(run.seed)
     nets = build_nets(run.model)
     step = BigGANStep(nets, run.biggan_step, device)
+    _per_rank_noise(run)
     ds = labeled_builtin(source, "train", run.resolution, run.classes)
     _log(f"fastep: stage biggan: class-conditional BigGAN on {len(ds)} source images "
          f"({run.model.n_classes} {run.classes} classes), {run.biggan_kimg:g} kimg")
@@ -113,8 +133,8 @@ def run_biggan_stage(run: RunConfig, device: torch.device, source: Path) -> Dict
     trainer = _trainer(step, ds, run, "biggan", run.biggan_kimg, device, "biggan", configs)
     metrics = trainer.fit(resume=run.resume)
     n = step.networks()
-    save_biggan(out / "weights", n["G"], n["D"], G_ema=n.get("G_ema"), config=run.model, itr=trainer.step_idx)
-    _finish(trainer, metrics, final)
+    _finish(trainer, metrics, final, lambda: save_biggan(out / "weights", n["G"], n["D"], G_ema=n.get("G_ema"),
+                                                         config=run.model, itr=trainer.step_idx))
     _log(f"fastep: stage biggan done: {metrics['kimg']:.3f} kimg in {metrics['wall_s']:.1f} s -> {out / 'weights'}")
     return metrics
 
@@ -156,6 +176,7 @@ def run_transfer_stage(run: RunConfig, device: torch.device, target: Path, nets=
         return {**(load_checkpoint(final).metrics or {}), "skipped": True}
     nets, model, source = nets or _transfer_nets(run, device)
     step = TransferStep(nets, run.step, device)
+    _per_rank_noise(run)
     ds = labeled_builtin(target, "train", run.resolution, run.classes, run.target_fraction)
     _log(f"fastep: stage transfer ({run.step.mode}): from {source} on {len(ds)} target images, "
          f"{run.transfer_kimg:g} kimg (phase 1: {run.step.phase1} updates)")
@@ -184,7 +205,8 @@ def run_pipeline(run: RunConfig) -> Dict[str, Any]:
 
     def _save():
         summary["wall_s"] = time.perf_counter() - t0
-        write_json_atomic(summary, mpath)
+        if dist_info()[0] == 0:
+            write_json_atomic(summary, mpath)
 
     nets = None
     if "biggan" not in run.stages and not (run.resume and (out / "final.pt").is_file()):
@@ -213,7 +235,7 @@ def run_pipeline(run: RunConfig) -> Dict[str, Any]:
     if (out / "final.pt").is_file():
         summary["checkpoint"] = str(out / "final.pt")
     _save()
-    if run.eval and "transfer" in run.stages and (out / "final.pt").is_file():
+    if run.eval and "transfer" in run.stages and (out / "final.pt").is_file() and dist_info()[0] == 0:
         from .evaluate import evaluate_run, format_summary
 
         try:

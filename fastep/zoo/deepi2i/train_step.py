@@ -31,6 +31,11 @@ mode: its spectral-norm state never moves) in transfer mode and trained in scrat
 Adam with BigGAN's settings: G at ``g_lr`` (1e-4); D, A and E at ``d_lr`` (4e-4);
 betas (0, 0.999), eps 1e-6.  The noise (z, y') comes from the global torch RNG, which the
 trainer checkpoints, so a resumed run continues bit for bit.
+
+Under torch.distributed (``torchrun``) each rank takes its own batch of ``micro_batch *
+accumulations`` images: the nets start from rank 0's weights, every optimizer step averages the
+gradients over the ranks first (one all_reduce), and the buffers follow rank 0's after each
+update, so every rank holds the same model (as DistributedDataParallel would).
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -198,6 +204,42 @@ class _GANStep:
         self.lr_scale = 1.0
         self.opts: Dict[str, torch.optim.Adam] = {}
         self.base_lrs: Dict[str, List[float]] = {}
+        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    def _sync_from_rank0(self) -> None:
+        """Under torch.distributed: every net's parameters and buffers from rank 0 (the end of
+        each step's construction), so all ranks start identical and, with averaged gradients,
+        stay so (spectral norm's u0/sv0 depend on the weights alone)."""
+        if self.world > 1:
+            for net in self.nets.values():
+                for t in list(net.parameters()) + list(net.buffers()):
+                    dist.broadcast(t.data, 0)
+
+    def _sync_buffers(self) -> None:
+        """Under torch.distributed: every buffer from rank 0 after an update (what DDP's
+        broadcast_buffers does).  The batch-norm statistics are each rank's own batches'; the
+        spectral-norm vectors are equal already."""
+        if self.world > 1:
+            for net in self.nets.values():
+                for b in net.buffers():
+                    dist.broadcast(b.data, 0)
+
+    def _opt_step(self, name: str) -> None:
+        """``opts[name].step()``; under torch.distributed the gradients are first averaged over
+        the ranks with one all_reduce (what DistributedDataParallel does: its module wrapper
+        cannot express the several forwards per backward and the frozen-D passes here)."""
+        opt = self.opts[name]
+        if self.world > 1:
+            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            if grads:
+                flat = torch.cat([g.reshape(-1) for g in grads])
+                dist.all_reduce(flat)
+                flat.div_(self.world)
+                off = 0
+                for g in grads:
+                    g.copy_(flat[off:off + g.numel()].view_as(g))
+                    off += g.numel()
+        opt.step()
 
     def _add_opt(self, name: str, groups: List[Tuple[List[nn.Parameter], float]]) -> None:
         groups = [(list(p), lr) for p, lr in groups]  # lists first: the arguments may be generators
@@ -285,7 +327,7 @@ class _GANStep:
             real, fake = hinge_d(D(xr, yr), D(xf, yf))
             ((real + fake) / k).backward()
             real_sum, fake_sum = real_sum + real.detach(), fake_sum + fake.detach()
-        self.opts["D"].step()
+        self._opt_step("D")
         return {"d_real": real_sum / k, "d_fake": fake_sum / k, "d_loss": (real_sum + fake_sum) / k}
 
 
@@ -302,6 +344,7 @@ class BigGANStep(_GANStep):
             self.nets["G_ema"] = copy.deepcopy(self.nets["G"]).eval().requires_grad_(False)
         self._add_opt("G", [(self.nets["G"].parameters(), cfg.g_lr)])
         self._add_opt("D", [(self.nets["D"].parameters(), cfg.d_lr)])
+        self._sync_from_rank0()
 
     def update(self, x: Tensor, y: Tensor, noise: Dict[str, Tensor]) -> Dict[str, Tensor]:
         G, D, k = self.nets["G"], self.nets["D"], self.cfg.accumulations
@@ -315,7 +358,7 @@ class BigGANStep(_GANStep):
             g = hinge_g(D(G(noise["z_g"][i], yg), yg))
             (g / k).backward()
             g_sum = g_sum + g.detach()
-        self.opts["G"].step()
+        self._opt_step("G")
         D.requires_grad_(True)
         if "G_ema" in self.nets:
             with torch.no_grad():
@@ -325,6 +368,7 @@ class BigGANStep(_GANStep):
                     pe.lerp_(p, w)
                 for be, b in zip(ema.buffers(), G.buffers()):
                     be.copy_(b)
+        self._sync_buffers()
         self.step_count += 1
         out["g_adv"] = g_sum / k
         return out
@@ -366,6 +410,7 @@ class TransferStep(_GANStep):
         self._add_opt("G", [(self.nets["G"].parameters(), cfg.g_lr)])
         self._add_opt("A", [(list(self.nets["A"].parameters()) + e_params, cfg.d_lr)])
         self._add_opt("D", [(self.nets["D"].parameters(), cfg.d_lr)])
+        self._sync_from_rank0()
 
     @property
     def phase(self) -> int:
@@ -411,8 +456,9 @@ class TransferStep(_GANStep):
                     rec_sums[s] = rec_sums[s] + v.detach()
             for name in ("G", "A"):
                 if name in self.opts:
-                    self.opts[name].step()
+                    self._opt_step(name)
             D.requires_grad_(True)
+        self._sync_buffers()
         self.step_count += 1
         out["g_adv"] = adv_sum / k
         rec_total = sum(rec_sums.values()) if rec_sums else torch.zeros((), device=self.device)
