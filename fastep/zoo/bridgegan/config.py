@@ -5,8 +5,9 @@ style encoder E, shared discriminator/classifier D/C).  Presets:
 
 * ``paper`` -- 128 x 128, 14 CelebA attributes, noise 16, style maps 32 x 64 x 64 (the
   architecture tables of the paper's supplementary, section B);
-* ``cpu``   -- 32 x 32, the 15 attributes of the built-in data set, narrow (G 111 k parameters):
-  what ``fastep train --system bridgegan --preset cpu`` trains in about ten minutes on 2 cores;
+* ``cpu``   -- 32 x 32, the 15 attributes of the built-in data set, narrow (G 111 k parameters),
+  parameter-free code norms (``code_norm="plain"``): what ``fastep train --system bridgegan
+  --preset cpu`` trains in about ten minutes on 2 cores;
 * ``half``  -- 64 x 64, the built-in set's 15 attributes, every width halved (about 5 s per
   generator update at batch 4 on one CPU thread: too slow for a CPU run);
 * ``tiny``  -- 32 x 32, very narrow: unit tests.
@@ -18,7 +19,10 @@ from typing import Any, Dict
 
 from ...config import from_dict
 
-__all__ = ["BridgeConfig", "PRESETS"]
+__all__ = ["BridgeConfig", "PRESETS", "CODE_NORMS"]
+
+#: the choices of :attr:`BridgeConfig.code_norm`
+CODE_NORMS = ("affine", "plain", "none")
 
 
 def _is_pow2(v: int) -> bool:
@@ -44,6 +48,10 @@ class BridgeConfig:
         d_nf: D/C stem width; each of the ``d_n_down`` down blocks doubles it (capped at ``d_max_nf``).
         d_slope: negative slope of D/C's leaky ReLUs.
         eps: instance-norm epsilon (TF-slim's default, 1e-6).
+        code_norm: the norm before the final ReLU of M and E (their style codes): ``"affine"`` (the
+            paper: an affine instance norm), ``"plain"`` (a parameter-free instance norm: every
+            code channel keeps zero mean and unit variance before the ReLU, so the codes cannot be
+            scaled down towards zero) or ``"none"``.
     """
 
     resolution: int = 128
@@ -62,6 +70,7 @@ class BridgeConfig:
     d_max_nf: int = 256
     d_slope: float = 0.2
     eps: float = 1e-6
+    code_norm: str = "affine"
 
     def __post_init__(self):
         ints = ("resolution", "n_attrs", "noise_dim", "style_ch", "g_nf", "g_n_down", "g_max_nf", "spade_hidden",
@@ -77,6 +86,8 @@ class BridgeConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (n == "eps" and v == 0):
                 raise ValueError(f"BridgeConfig.{n} must be a {'positive' if n == 'eps' else 'non-negative'} "
                                  f"number, got {v!r}")
+        if self.code_norm not in CODE_NORMS:
+            raise ValueError(f"BridgeConfig.code_norm must be one of {', '.join(CODE_NORMS)}, got {self.code_norm!r}")
         if not _is_pow2(self.resolution) or self.resolution < 16:
             raise ValueError(f"BridgeConfig.resolution must be a power of two >= 16, got {self.resolution}")
         for n, depth in (("g_n_down", self.g_n_down), ("d_n_down", self.d_n_down)):
@@ -115,10 +126,11 @@ class BridgeConfig:
     def cpu(cls, **kw) -> "BridgeConfig":
         """32 x 32, 15 attributes (the built-in set), narrow: two down blocks in G (8 -> 16 -> 32
         channels), style maps 8 x 16 x 16, SPADE hidden 16, D/C 8 -> 32 channels over three down
-        blocks."""
+        blocks; ``code_norm="plain"`` (a deviation from the paper: with the affine norm the code
+        losses shrink the codes towards zero within the short CPU run; README, "BridgeGAN")."""
         base: Dict[str, Any] = dict(resolution=32, n_attrs=15, noise_dim=16, style_ch=8, g_nf=8, g_n_down=2,
                                     g_max_nf=32, spade_hidden=16, m_nf=16, e_nf=8, e_n_res=1, d_nf=8, d_n_down=3,
-                                    d_max_nf=32)
+                                    d_max_nf=32, code_norm="plain")
         base.update(kw)
         return cls(**base)
 

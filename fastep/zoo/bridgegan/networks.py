@@ -46,6 +46,24 @@ def init_weights(module: nn.Module) -> nn.Module:
     return module
 
 
+class _PlainInstanceNorm(nn.Module):
+    """Parameter-free instance norm (``BridgeConfig.code_norm = "plain"``)."""
+
+    def __init__(self, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return instance_norm(x, None, None, self.eps)
+
+
+def _code_norm(cfg: BridgeConfig) -> nn.Module:
+    """The norm before M's and E's final ReLU (``cfg.code_norm``)."""
+    if cfg.code_norm == "affine":
+        return InstanceNorm(cfg.style_ch, cfg.eps)
+    return _PlainInstanceNorm(cfg.eps) if cfg.code_norm == "plain" else nn.Identity()
+
+
 def _check(x, name: str, dims: int, channels: int) -> None:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got "
@@ -177,7 +195,8 @@ class Generator(nn.Module):
 
 class MappingNetwork(nn.Module):
     """M(r, Delta) -> style map [N, style_ch, R/2, R/2]: FC(r ++ Delta) -> m_nf x 4 x 4, up blocks
-    (instance norm, ReLU), ReLU, conv1, instance norm, ReLU."""
+    (instance norm, ReLU), ReLU, conv1, the code norm (``cfg.code_norm``; affine instance norm in the
+    paper), ReLU."""
 
     def __init__(self, cfg: BridgeConfig):
         super().__init__()
@@ -186,7 +205,7 @@ class MappingNetwork(nn.Module):
         chans = [cfg.m_nf] + [cfg.style_ch] * cfg.m_n_up
         self.blocks = nn.Sequential(*(ResBlock(chans[i], chans[i + 1], "up", eps=cfg.eps) for i in range(cfg.m_n_up)))
         self.out = _conv(cfg.style_ch, cfg.style_ch, 1)
-        self.out_norm = InstanceNorm(cfg.style_ch, cfg.eps)
+        self.out_norm = _code_norm(cfg)
         init_weights(self)
 
     def forward(self, r: Tensor, delta: Tensor) -> Tensor:
@@ -201,7 +220,7 @@ class MappingNetwork(nn.Module):
 
 class StyleEncoder(nn.Module):
     """E(x, Delta) -> style map [N, style_ch, H/2, W/2]: conv1 on x ++ tiled Delta, one down block,
-    ``e_n_res`` blocks (instance norm, ReLU), ReLU, conv1, instance norm, ReLU."""
+    ``e_n_res`` blocks (instance norm, ReLU), ReLU, conv1, the code norm (``cfg.code_norm``), ReLU."""
 
     def __init__(self, cfg: BridgeConfig):
         super().__init__()
@@ -211,7 +230,7 @@ class StyleEncoder(nn.Module):
         blocks += [ResBlock(cfg.style_ch, cfg.style_ch, None, eps=cfg.eps) for _ in range(cfg.e_n_res)]
         self.blocks = nn.Sequential(*blocks)
         self.out = _conv(cfg.style_ch, cfg.style_ch, 1)
-        self.out_norm = InstanceNorm(cfg.style_ch, cfg.eps)
+        self.out_norm = _code_norm(cfg)
         init_weights(self)
 
     def forward(self, x: Tensor, delta: Tensor) -> Tensor:

@@ -234,3 +234,24 @@ def test_bf16_autocast_forward_is_finite_and_close():
     # bf16 keeps ~3 significant digits per layer; over G's ~25 layers single pixels drift by up to
     # ~0.15 (measured), the mean by ~0.005
     assert (out.float() - ref).abs().mean() < 0.03
+
+
+def test_code_norm_choices():
+    # "affine" (the paper) and "plain" give the same codes at initialisation (IN weight 1, bias 0);
+    # "plain" has no parameters there, "none" leaves the codes unnormalised
+    torch.manual_seed(0)
+    nets = {k: build_networks(BridgeConfig.tiny(code_norm=k)) for k in ("affine", "plain", "none")}
+    assert BridgeConfig().code_norm == "affine"
+    for name in ("M", "E"):
+        n_aff = sum(p.numel() for p in nets["affine"][name].parameters())
+        n_plain = sum(p.numel() for p in nets["plain"][name].parameters())
+        assert n_aff - n_plain == 2 * BridgeConfig.tiny().style_ch
+        assert n_plain == sum(p.numel() for p in nets["none"][name].parameters())
+    nets["plain"]["M"].load_state_dict({k: v for k, v in nets["affine"]["M"].state_dict().items()
+                                        if not k.startswith("out_norm.")})
+    r, delta = torch.randn(3, 4), torch.zeros(3, 5)
+    delta[:, 0] = 1
+    torch.testing.assert_close(nets["plain"]["M"](r, delta), nets["affine"]["M"](r, delta))
+    assert nets["plain"]["E"](torch.rand(3, 3, 32, 32) * 2 - 1, delta).min() >= 0
+    with pytest.raises(ValueError, match="code_norm"):
+        BridgeConfig(code_norm="batch")
