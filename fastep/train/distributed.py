@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Tuple, Union
+from typing import Iterable, Tuple, Union
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["dist_info", "is_main_process", "init_distributed", "shutdown_distributed"]
+__all__ = ["dist_info", "is_main_process", "init_distributed", "shutdown_distributed", "broadcast_from_rank0_",
+           "average_grads_"]
 
 
 
@@ -57,6 +58,34 @@ def init_distributed(device: Union[str, torch.device, None] = None) -> Tuple[tor
         device = torch.device("cuda", torch.cuda.current_device())
     return device, dist.get_rank(), dist.get_world_size()
 
+
+
+def broadcast_from_rank0_(tensors: Iterable[torch.Tensor]) -> None:
+    """Overwrite each tensor with rank 0's (in place; nothing in one process)."""
+    if dist_info()[1] > 1:
+        with torch.no_grad():
+            for t in tensors:
+                dist.broadcast(t.data, src=0)
+
+
+def average_grads_(params: Iterable[torch.Tensor]) -> None:
+    """Average the ``.grad`` of ``params`` over the ranks with one all_reduce of their
+    concatenation (what DistributedDataParallel's buckets do; nothing in one process).  Every
+    rank must pass the same parameters with gradients present on the same ones."""
+    world = dist_info()[1]
+    if world <= 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(world)
+    offset = 0
+    for g in grads:
+        k = g.numel()
+        g.copy_(flat[offset:offset + k].view(g.shape))
+        offset += k
 
 
 def shutdown_distributed() -> None:

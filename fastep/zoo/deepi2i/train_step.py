@@ -45,11 +45,11 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...config import ConfigError, choose
+from ...train.distributed import average_grads_, broadcast_from_rank0_
 
 __all__ = ["StepConfig", "BigGANStep", "TransferStep", "MODES", "REC_PAIRINGS", "hinge_d", "hinge_g",
            "rec_loss"]
@@ -204,41 +204,26 @@ class _GANStep:
         self.lr_scale = 1.0
         self.opts: Dict[str, torch.optim.Adam] = {}
         self.base_lrs: Dict[str, List[float]] = {}
-        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
     def _sync_from_rank0(self) -> None:
         """Under torch.distributed: every net's parameters and buffers from rank 0 (the end of
         each step's construction), so all ranks start identical and, with averaged gradients,
         stay so (spectral norm's u0/sv0 depend on the weights alone)."""
-        if self.world > 1:
-            for net in self.nets.values():
-                for t in list(net.parameters()) + list(net.buffers()):
-                    dist.broadcast(t.data, 0)
+        broadcast_from_rank0_(p for net in self.nets.values() for p in net.parameters())
+        self._sync_buffers()
 
     def _sync_buffers(self) -> None:
         """Under torch.distributed: every buffer from rank 0 after an update (what DDP's
         broadcast_buffers does).  The batch-norm statistics are each rank's own batches'; the
         spectral-norm vectors are equal already."""
-        if self.world > 1:
-            for net in self.nets.values():
-                for b in net.buffers():
-                    dist.broadcast(b.data, 0)
+        broadcast_from_rank0_(b for net in self.nets.values() for b in net.buffers())
 
     def _opt_step(self, name: str) -> None:
         """``opts[name].step()``; under torch.distributed the gradients are first averaged over
         the ranks with one all_reduce (what DistributedDataParallel does: its module wrapper
         cannot express the several forwards per backward and the frozen-D passes here)."""
         opt = self.opts[name]
-        if self.world > 1:
-            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
-            if grads:
-                flat = torch.cat([g.reshape(-1) for g in grads])
-                dist.all_reduce(flat)
-                flat.div_(self.world)
-                off = 0
-                for g in grads:
-                    g.copy_(flat[off:off + g.numel()].view_as(g))
-                    off += g.numel()
+        average_grads_(p for g in opt.param_groups for p in g["params"])
         opt.step()
 
     def _add_opt(self, name: str, groups: List[Tuple[List[nn.Parameter], float]]) -> None:

@@ -60,6 +60,7 @@ from torch import Tensor, nn
 
 from ...losses import lsgan_g_loss
 from ...nn.aligned import set_fast_convs
+from ...train.distributed import average_grads_, broadcast_from_rank0_
 from .config import LossConfig, ModelConfig, TrainConfig
 from .nets import Models, build_models
 
@@ -226,10 +227,7 @@ class TrainStep:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             self.world = torch.distributed.get_world_size()
         if self.world > 1:
-            with torch.no_grad():
-                for m in (G, E, D):
-                    for p in m.parameters():
-                        torch.distributed.broadcast(p.data, src=0)
+            broadcast_from_rank0_(p for m in (G, E, D) for p in m.parameters())
 
         # optimizers (paper A.1)
         oc = train_cfg.optim
@@ -467,18 +465,7 @@ class TrainStep:
             torch._foreach_lerp_(self._ema_pairs_e[0], self._ema_pairs_e[1], w)
 
     def _allreduce_grads(self) -> None:
-        params = list(self._trainable) + list(self._g_shadow.values())
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)
-        flat.div_(self.world)
-        offset = 0
-        for g in grads:
-            k = g.numel()
-            g.copy_(flat[offset:offset + k].view(g.shape))
-            offset += k
+        average_grads_(list(self._trainable) + list(self._g_shadow.values()))
 
     # ------------------------------------------------------------------ LR, state
     def set_lr_scale(self, scale: float) -> None:
