@@ -22,7 +22,7 @@ from ...config import from_dict
 __all__ = ["BridgeConfig", "PRESETS", "CODE_NORMS"]
 
 #: the choices of :attr:`BridgeConfig.code_norm`
-CODE_NORMS = ("affine", "plain", "none")
+CODE_NORMS = ("affine", "plain", "sample", "none")
 
 
 def _is_pow2(v: int) -> bool:
@@ -51,7 +51,9 @@ class BridgeConfig:
         code_norm: the norm before the final ReLU of M and E (their style codes): ``"affine"`` (the
             paper: an affine instance norm), ``"plain"`` (a parameter-free instance norm: every
             code channel keeps zero mean and unit variance before the ReLU, so the codes cannot be
-            scaled down towards zero) or ``"none"``.
+            scaled down towards zero, but no per-sample global statistic survives either),
+            ``"sample"`` (parameter-free, over each sample's whole code: a fixed overall scale, and
+            per-channel means free to carry a global attribute) or ``"none"``.
     """
 
     resolution: int = 128

@@ -57,10 +57,24 @@ class _PlainInstanceNorm(nn.Module):
         return instance_norm(x, None, None, self.eps)
 
 
+class _SampleNorm(nn.Module):
+    """Parameter-free norm over each sample's whole code (channels and positions together:
+    ``BridgeConfig.code_norm = "sample"``)."""
+
+    def __init__(self, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, x.shape[1:], eps=self.eps)
+
+
 def _code_norm(cfg: BridgeConfig) -> nn.Module:
     """The norm before M's and E's final ReLU (``cfg.code_norm``)."""
     if cfg.code_norm == "affine":
         return InstanceNorm(cfg.style_ch, cfg.eps)
+    if cfg.code_norm == "sample":
+        return _SampleNorm(cfg.eps)
     return _PlainInstanceNorm(cfg.eps) if cfg.code_norm == "plain" else nn.Identity()
 
 

@@ -253,5 +253,17 @@ def test_code_norm_choices():
     delta[:, 0] = 1
     torch.testing.assert_close(nets["plain"]["M"](r, delta), nets["affine"]["M"](r, delta))
     assert nets["plain"]["E"](torch.rand(3, 3, 32, 32) * 2 - 1, delta).min() >= 0
+    # "sample" normalises each code as a whole: no parameters, and the per-channel means may
+    # differ between samples (a global attribute can reach G), which "plain" forbids
+    sample = build_networks(BridgeConfig.tiny(code_norm="sample"))["M"]
+    assert sum(p.numel() for p in sample.parameters()) == sum(p.numel() for p in nets["plain"]["M"].parameters())
+    pre = {}
+    for name, m in (("plain", nets["plain"]["M"]), ("sample", sample)):
+        m.out_norm.register_forward_hook(lambda mod, i, o, name=name: pre.__setitem__(name, o))
+        m(torch.randn(4, 4), delta[:1].repeat(4, 1))
+    torch.testing.assert_close(pre["sample"].mean((1, 2, 3)), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(pre["sample"].var((1, 2, 3), unbiased=False), torch.ones(4), atol=1e-3, rtol=0)
+    torch.testing.assert_close(pre["plain"].mean((2, 3)), torch.zeros(4, 4), atol=1e-5, rtol=0)
+    assert pre["sample"].mean((2, 3)).std(0).max() > 1e-3
     with pytest.raises(ValueError, match="code_norm"):
         BridgeConfig(code_norm="batch")
