@@ -46,36 +46,30 @@ def init_weights(module: nn.Module) -> nn.Module:
     return module
 
 
-class _PlainInstanceNorm(nn.Module):
-    """Parameter-free instance norm (``BridgeConfig.code_norm = "plain"``)."""
+class _ParameterFreeNorm(nn.Module):
+    """A code norm without parameters: per channel (an instance norm, ``code_norm="plain"``) or
+    over each sample's whole code, channels and positions together (``code_norm="sample"``)."""
 
-    def __init__(self, eps: float = 1e-6):
+    def __init__(self, per_channel: bool, eps: float = 1e-6):
         super().__init__()
-        self.eps = eps
+        self.per_channel, self.eps = per_channel, eps
 
     def forward(self, x: Tensor) -> Tensor:
-        return instance_norm(x, None, None, self.eps)
-
-
-class _SampleNorm(nn.Module):
-    """Parameter-free norm over each sample's whole code (channels and positions together:
-    ``BridgeConfig.code_norm = "sample"``)."""
-
-    def __init__(self, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
+        if self.per_channel:
+            return instance_norm(x, None, None, self.eps)
         return F.layer_norm(x, x.shape[1:], eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"per_channel={self.per_channel}, eps={self.eps}"
 
 
 def _code_norm(cfg: BridgeConfig) -> nn.Module:
     """The norm before M's and E's final ReLU (``cfg.code_norm``)."""
     if cfg.code_norm == "affine":
         return InstanceNorm(cfg.style_ch, cfg.eps)
-    if cfg.code_norm == "sample":
-        return _SampleNorm(cfg.eps)
-    return _PlainInstanceNorm(cfg.eps) if cfg.code_norm == "plain" else nn.Identity()
+    if cfg.code_norm == "none":
+        return nn.Identity()
+    return _ParameterFreeNorm(per_channel=cfg.code_norm == "plain", eps=cfg.eps)
 
 
 def _check(x, name: str, dims: int, channels: int) -> None:
